@@ -1,0 +1,235 @@
+/*
+ * sluice.h — the public API of sluice, an engine that runs Mixture-of-Experts
+ * language models larger than memory by streaming the routed experts.
+ *
+ * This is the only public header. Every handle is opaque; every function
+ * returns a status (enum sl_status) and, on failure, leaves a message with
+ * context in a per-thread buffer read by sl_errmsg(). The library never exits
+ * or aborts on bad input.
+ *
+ * Usage:
+ *
+ *     struct sl_model *model;
+ *     struct sl_model_params mp = sl_model_default_params();
+ *     if (sl_model_open("model.sluice", &mp, &model) != SL_OK) {
+ *         fprintf(stderr, "%s\n", sl_errmsg());
+ *         return 1;
+ *     }
+ *     struct sl_context *ctx;
+ *     struct sl_context_params cp = sl_context_default_params();
+ *     sl_context_create(model, &cp, &ctx);
+ *     int32_t toks[3] = {1, 2, 3};
+ *     sl_eval(ctx, toks, 3, NULL);          // logits of the last token
+ *     const float *logits = sl_logits(ctx); // n_vocab floats
+ *     sl_context_free(ctx);
+ *     sl_model_close(model);
+ *
+ * Thread safety: a model may be shared by several contexts on different
+ * threads once opened; a context is used by one thread at a time.
+ */
+#ifndef SLUICE_H
+#define SLUICE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define SLUICE_VERSION_MAJOR 0
+#define SLUICE_VERSION_MINOR 1
+#define SLUICE_VERSION_PATCH 0
+#define SLUICE_VERSION_STRING "0.1.0"
+
+/* ---- status and errors ------------------------------------------------- */
+
+enum sl_status {
+    SL_OK = 0,
+    SL_ERR_ARG = 1,         /* invalid argument from the caller */
+    SL_ERR_IO = 2,          /* open/read/write/mmap failed */
+    SL_ERR_FORMAT = 3,      /* corrupt, truncated or inconsistent file */
+    SL_ERR_UNSUPPORTED = 4, /* valid input that sluice does not handle */
+    SL_ERR_NOMEM = 5,       /* allocation failed */
+    SL_ERR_CONFIG = 6,      /* config.json missing, inconsistent or invalid */
+    SL_ERR_RANGE = 7,       /* token id, position or size out of range */
+    SL_ERR_INTERNAL = 8,    /* a bug in sluice */
+};
+
+/* The message of the last failure on the calling thread ("" if none). Valid
+ * until the next failing call on this thread. */
+const char *sl_errmsg(void);
+
+/* A short constant name for a status ("format error"). */
+const char *sl_status_str(int status);
+
+/* Log callback: level 0 = error, 1 = warning, 2 = info, 3 = debug. The
+ * default writes warnings and errors to stderr. Pass NULL to silence. Not
+ * thread safe: set it once at start-up. */
+typedef void (*sl_log_fn)(int level, const char *msg, void *user);
+void sl_set_log(sl_log_fn fn, void *user, int max_level);
+
+/* ---- data types of stored tensors ------------------------------------- */
+
+enum sl_dtype {
+    SL_DTYPE_F32 = 0,
+    SL_DTYPE_F16 = 1,
+    SL_DTYPE_BF16 = 2,
+    SL_DTYPE_Q8 = 3, /* blocks of 32 int8 + f16 scale: 8.5 bits/weight */
+    SL_DTYPE_Q4 = 4, /* blocks of 32 uint4 + f16 scale + f16 min: 5.0 b/w */
+    SL_DTYPE_COUNT
+};
+
+/* "f32", "f16", "bf16", "q8", "q4"; "?" for an unknown value. */
+const char *sl_dtype_name(int dtype);
+
+/* ---- conversion from a HuggingFace checkpoint ------------------------- */
+
+struct sl_convert_params {
+    int expert_dtype;       /* SL_DTYPE_BF16 (default), _Q8 or _Q4 */
+    int dense_dtype;        /* SL_DTYPE_BF16 (default), _Q8 or _F32 */
+    int progress;           /* nonzero: progress bar on stderr */
+};
+struct sl_convert_params sl_convert_default_params(void);
+
+/* Converts the checkpoint in hf_dir (config.json, *.safetensors or a sharded
+ * index, tokenizer.json, tokenizer_config.json, generation_config.json) to
+ * the single model file out_path. Holds at most one dense tensor or one
+ * expert in memory. Output is deterministic. On failure the partial output
+ * is removed. */
+int sl_convert(const char *hf_dir, const char *out_path,
+               const struct sl_convert_params *params);
+
+/* ---- model ------------------------------------------------------------- */
+
+struct sl_model;
+
+struct sl_model_params {
+    int n_threads;          /* compute threads; 0 = number of online CPUs */
+    int use_mlock;          /* nonzero: mlock the dense tensors */
+    int verify;             /* nonzero: hash every section on open (slow) */
+};
+struct sl_model_params sl_model_default_params(void);
+
+/* Opens and validates a .sluice file. On success *out owns the mapping, the
+ * weights and the tokenizer until sl_model_close. */
+int sl_model_open(const char *path, const struct sl_model_params *params,
+                  struct sl_model **out);
+void sl_model_close(struct sl_model *model); /* NULL is a no-op */
+
+int32_t sl_model_n_vocab(const struct sl_model *model);
+int32_t sl_model_n_ctx_train(const struct sl_model *model);
+/* A one-line description ("qwen3_moe, 48 layers, 128 experts top-8, ...").
+ * Borrowed; valid while the model is open. */
+const char *sl_model_desc(const struct sl_model *model);
+/* Bytes of all routed-expert records and of everything else. */
+uint64_t sl_model_expert_bytes(const struct sl_model *model);
+uint64_t sl_model_dense_bytes(const struct sl_model *model);
+/* Number of end-of-generation ids and the ids (borrowed, model lifetime). */
+size_t sl_model_eos_ids(const struct sl_model *model, const int32_t **ids);
+
+/* Writes a human-readable description of the file (manifest, sections,
+ * tensors, expert records) to the stream (a FILE *). */
+int sl_model_inspect(const char *path, void *file_stream);
+
+/* ---- tokenizer --------------------------------------------------------- */
+
+struct sl_tokenizer;
+
+/* Loads a HuggingFace tokenizer.json (byte-level BPE). */
+int sl_tokenizer_load(const char *path, struct sl_tokenizer **out);
+void sl_tokenizer_free(struct sl_tokenizer *tok); /* NULL is a no-op */
+/* The model's tokenizer; borrowed, valid while the model is open. */
+const struct sl_tokenizer *sl_model_tokenizer(const struct sl_model *model);
+
+int32_t sl_tokenizer_n_vocab(const struct sl_tokenizer *tok);
+
+/* Encodes text like HF encode(text, add_special_tokens=False): special and
+ * added tokens written in the text are recognised, none are added. On
+ * success *ids is malloc'ed (caller frees) and holds *n_ids ids. */
+int sl_tokenize(const struct sl_tokenizer *tok, const char *text, size_t len,
+                int32_t **ids, size_t *n_ids);
+
+/* The bytes of one token (special tokens render as their text). Borrowed,
+ * tokenizer lifetime. Returns NULL for an out-of-range id. */
+const char *sl_token_bytes(const struct sl_tokenizer *tok, int32_t id,
+                           size_t *len);
+
+/* Looks up the id of a token's exact text (e.g. "<|im_end|>"); -1 if none. */
+int32_t sl_token_id(const struct sl_tokenizer *tok, const char *text);
+
+/* Incremental UTF-8-safe detokenizer for streaming: feed ids one at a time,
+ * receive only complete UTF-8 sequences. */
+struct sl_detok;
+int sl_detok_create(const struct sl_tokenizer *tok, struct sl_detok **out);
+void sl_detok_free(struct sl_detok *d);
+/* Appends the text of id; *out points to the bytes now complete (borrowed,
+ * valid until the next call). Incomplete trailing UTF-8 is held back. */
+int sl_detok_push(struct sl_detok *d, int32_t id, const char **out,
+                  size_t *out_len);
+/* Returns whatever is held back (invalid bytes as U+FFFD). */
+int sl_detok_flush(struct sl_detok *d, const char **out, size_t *out_len);
+
+/* ---- context and evaluation ------------------------------------------- */
+
+struct sl_context;
+
+struct sl_context_params {
+    uint32_t n_ctx;         /* KV positions; 0 = min(model's, 4096) */
+    int n_threads;          /* 0 = the model's */
+};
+struct sl_context_params sl_context_default_params(void);
+
+/* Creates a context over the model (KV cache, scratch). The model must
+ * outlive the context. */
+int sl_context_create(struct sl_model *model,
+                      const struct sl_context_params *params,
+                      struct sl_context **out);
+void sl_context_free(struct sl_context *ctx); /* NULL is a no-op */
+
+/* Evaluates n tokens at the next positions. If logits_all is not NULL it
+ * receives n * n_vocab floats (row i = logits after token i); the last row is
+ * always available from sl_logits. Fails with SL_ERR_RANGE for an id outside
+ * the vocabulary or when the context is full; the context is then unchanged. */
+int sl_eval(struct sl_context *ctx, const int32_t *tokens, size_t n,
+            float *logits_all);
+
+/* Logits after the last evaluated token (n_vocab floats), borrowed until the
+ * next sl_eval. NULL before any evaluation. */
+const float *sl_logits(const struct sl_context *ctx);
+
+/* Number of positions evaluated so far; sl_context_reset forgets them. */
+uint32_t sl_context_n_past(const struct sl_context *ctx);
+void sl_context_reset(struct sl_context *ctx);
+
+/* Counters since the context was created. */
+struct sl_stats {
+    uint64_t n_prompt_tokens, n_decode_tokens;
+    double prompt_seconds, decode_seconds;
+    uint64_t expert_bytes_read;  /* routed-expert record bytes touched */
+    uint64_t expert_loads;       /* (layer, expert) records used */
+};
+void sl_context_stats(const struct sl_context *ctx, struct sl_stats *out);
+
+/* ---- sampling ----------------------------------------------------------- */
+
+struct sl_sampler_params {
+    float temperature;      /* 0 = greedy (default 0.8) */
+    int32_t top_k;          /* 0 = off (default 40) */
+    float top_p;            /* 1 = off (default 0.95) */
+    uint64_t seed;          /* default 0x5eed */
+};
+struct sl_sampler_params sl_sampler_default_params(void);
+
+struct sl_sampler;
+int sl_sampler_create(const struct sl_sampler_params *params, int32_t n_vocab,
+                      struct sl_sampler **out);
+void sl_sampler_free(struct sl_sampler *s);
+/* Picks the next id from logits (n_vocab floats, not modified). Greedy
+ * ties go to the lower id. */
+int32_t sl_sample(struct sl_sampler *s, const float *logits);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* SLUICE_H */

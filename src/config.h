@@ -1,0 +1,78 @@
+/*
+ * config.h — the model's hyper-parameters: one flat struct, parsed from a
+ * HuggingFace config.json (by the converter) or from the manifest of a
+ * .sluice file (by the loader). Both use one parser: the manifest is a JSON
+ * object with the same key names as config.json, every value resolved and
+ * written explicitly (see config_to_manifest), plus a "sluice" object.
+ *
+ * Unknown or unsupported values are rejected with a message, never silently
+ * defaulted. Derived sizes are inline helpers, never stored twice.
+ */
+#ifndef SL_CONFIG_H
+#define SL_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define SL_MAX_LAYERS 1024
+#define SL_MAX_EOS 8
+
+enum sl_arch {
+    SL_ARCH_QWEN3_MOE = 1,
+};
+
+struct sl_config {
+    int arch;                     /* enum sl_arch, from model_type */
+    char model_type[32];          /* as written in config.json */
+    uint32_t n_layers;            /* num_hidden_layers */
+    uint32_t hidden;              /* hidden_size */
+    uint32_t n_heads;             /* num_attention_heads */
+    uint32_t n_kv_heads;          /* num_key_value_heads (GQA) */
+    uint32_t head_dim;            /* head_dim, or hidden / n_heads */
+    uint32_t n_vocab;             /* vocab_size */
+    uint32_t n_ctx_train;         /* max_position_embeddings */
+    uint32_t ffn;                 /* intermediate_size (dense MLP layers) */
+    uint32_t moe_ffn;             /* moe_intermediate_size (each expert) */
+    uint32_t n_experts;           /* num_experts (routed) */
+    uint32_t n_experts_used;      /* num_experts_per_tok (top-k) */
+    int norm_topk_prob;           /* renormalise top-k weights to sum 1 */
+    uint32_t decoder_sparse_step; /* MoE every n-th layer */
+    float rms_eps;                /* rms_norm_eps */
+    float rope_theta;             /* rope_theta or rope_parameters.rope_theta */
+    int attention_bias;           /* q/k/v/o projections carry biases */
+    int tie_embeddings;           /* tie_word_embeddings */
+    uint8_t layer_is_moe[SL_MAX_LAYERS]; /* resolved from mlp_only_layers and
+                                            decoder_sparse_step */
+    /* From generation_config.json / tokenizer config, when known. */
+    int32_t bos_id;               /* -1 if none */
+    uint32_t n_eos;
+    int32_t eos_ids[SL_MAX_EOS];
+};
+
+/* Parses config.json text (or a manifest). Fills cfg on success; on failure
+ * returns SL_ERR_CONFIG / SL_ERR_UNSUPPORTED with the offending key named.
+ * An unsupported model_type gets the list of supported ones. */
+int config_parse(struct sl_config *cfg, const char *json, size_t len);
+
+/* Reads generation_config.json text (eos_token_id: int or list,
+ * bos_token_id) into cfg; absent keys leave cfg unchanged. */
+int config_parse_generation(struct sl_config *cfg, const char *json,
+                            size_t len);
+
+/* Writes the manifest: every field explicitly, HF key names, plus
+ * "sluice": {"format_version", "expert_dtype", "dense_dtype"} from the
+ * arguments. *out is malloc'ed, NUL-terminated. */
+int config_to_manifest(const struct sl_config *cfg, int expert_dtype,
+                       int dense_dtype, char **out, size_t *out_len);
+
+/* Comma-separated list of supported model_type values. */
+const char *config_supported_types(void);
+
+static inline uint32_t config_q_dim(const struct sl_config *c) {
+    return c->n_heads * c->head_dim;
+}
+static inline uint32_t config_kv_dim(const struct sl_config *c) {
+    return c->n_kv_heads * c->head_dim;
+}
+
+#endif /* SL_CONFIG_H */
