@@ -69,6 +69,9 @@ const char *sl_status_str(int status);
 typedef void (*sl_log_fn)(int level, const char *msg, void *user);
 void sl_set_log(sl_log_fn fn, void *user, int max_level);
 
+/* The compute backend in words ("cpu avx512"). Constant string. */
+const char *sl_backend_desc(void);
+
 /* ---- data types of stored tensors ------------------------------------- */
 
 enum sl_dtype {
@@ -125,6 +128,10 @@ const char *sl_model_desc(const struct sl_model *model);
 /* Bytes of all routed-expert records and of everything else. */
 uint64_t sl_model_expert_bytes(const struct sl_model *model);
 uint64_t sl_model_dense_bytes(const struct sl_model *model);
+/* Dense bytes a decode step reads: every dense tensor except the embedding
+ * table, plus one embedding row (the whole table when it is tied to the
+ * output head). Routed experts come on top (sl_stats.expert_bytes_read). */
+uint64_t sl_model_active_dense_bytes(const struct sl_model *model);
 /* Number of end-of-generation ids and the ids (borrowed, model lifetime). */
 size_t sl_model_eos_ids(const struct sl_model *model, const int32_t **ids);
 
@@ -176,6 +183,9 @@ struct sl_context;
 
 struct sl_context_params {
     uint32_t n_ctx;         /* KV positions; 0 = min(model's, 4096) */
+    uint32_t n_batch;       /* tokens per forward chunk of a prompt (each
+                               weight and expert is read once per chunk);
+                               0 = 64 */
     int n_threads;          /* 0 = the model's */
 };
 struct sl_context_params sl_context_default_params(void);

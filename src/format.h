@@ -42,6 +42,8 @@ enum sl_section_kind {
                                         eos ids (see docs/format.md) */
     SL_SECTION_TENSORS = 4,          /* binary tensor table */
     SL_SECTION_EXPERTS = 5,          /* binary expert table */
+    SL_SECTION_DENSE_DATA = 6,       /* the dense region (hashed on verify) */
+    SL_SECTION_EXPERT_DATA = 7,      /* the expert region (hashed on verify) */
 };
 
 struct sl_tensor_info {

@@ -44,4 +44,9 @@ void quant_row_from_f32(int dtype, const float *src, void *dst, uint64_t cols);
 /* Dequantizes one row into dst (cols floats). */
 void quant_row_to_f32(int dtype, const void *src, float *dst, uint64_t cols);
 
+/* 1 if every one of the n floats is finite, else 0. Converters call it and
+ * reject a tensor with NaN/Inf before quantizing: quant_row_from_f32 gives
+ * such input a defined but meaningless encoding (NaN -> q 0, Inf saturates). */
+int quant_row_is_finite(const float *src, uint64_t n);
+
 #endif /* SL_QUANT_H */

@@ -6,7 +6,9 @@
  * and the allocation-failure countdown used by tests; the error message is
  * per thread.
  */
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE
+#endif
 #include "util.h"
 
 #include <errno.h>
@@ -52,7 +54,12 @@ int sl_preerr(int status, const char *fmt, ...) {
     vsnprintf(prefix, sizeof prefix, fmt, ap);
     va_end(ap);
     memcpy(old, err_msg, sizeof old);
-    snprintf(err_msg, sizeof err_msg, "%s%s", prefix, old);
+    size_t a = strlen(prefix), b = strlen(old);
+    if (a > sizeof err_msg - 1) a = sizeof err_msg - 1;
+    if (b > sizeof err_msg - 1 - a) b = sizeof err_msg - 1 - a;
+    memcpy(err_msg, prefix, a);
+    memcpy(err_msg + a, old, b);
+    err_msg[a + b] = 0;
     return status;
 }
 

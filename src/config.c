@@ -1,0 +1,468 @@
+/*
+ * config.c — parses a HuggingFace config.json (or the manifest of a .sluice
+ * file, which uses the same keys) into struct sl_config, and writes the
+ * manifest back out (see config.h).
+ *
+ * What it is not: it does not read tensors, and it knows nothing of the file
+ * format beyond the "sluice" object of the manifest.
+ *
+ * Invariants: a config that parses is internally consistent (heads divide,
+ * top-k <= experts, sizes non-zero and below sanity bounds, layer_is_moe
+ * resolved for every layer). Keys whose HF class has a default (head_dim,
+ * num_key_value_heads, decoder_sparse_step, mlp_only_layers, attention_bias,
+ * tie_word_embeddings, norm_topk_prob, hidden_act) take that default when
+ * absent, exactly as transformers would; every other key is required, and a
+ * value sluice does not implement (rope scaling, sliding window, another
+ * activation) is rejected by name rather than ignored. Messages name the
+ * key but not the file: callers prefix the path (sl_preerr).
+ */
+#include "config.h"
+
+#include <cJSON.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "util.h"
+
+/* Sanity bounds: far above any released model, low enough that products of
+ * two of them fit comfortably in 64 bits. */
+#define MAX_HIDDEN (1u << 20)
+#define MAX_HEADS (1u << 14)
+#define MAX_HEAD_DIM (1u << 14)
+#define MAX_VOCAB (1u << 26)
+#define MAX_FFN (1u << 22)
+#define MAX_EXPERTS (1u << 16)
+#define MAX_CTX (1u << 30)
+
+static const char *supported_types = "qwen3_moe";
+
+const char *config_supported_types(void) { return supported_types; }
+
+static const char *json_type_name(const cJSON *it) {
+    if (!it) return "nothing";
+    if (cJSON_IsNull(it)) return "null";
+    if (cJSON_IsBool(it)) return "a boolean";
+    if (cJSON_IsNumber(it)) return "a number";
+    if (cJSON_IsString(it)) return "a string";
+    if (cJSON_IsArray(it)) return "an array";
+    if (cJSON_IsObject(it)) return "an object";
+    return "an invalid value";
+}
+
+/* Reads an integer in [lo, hi]. Absent (or null, when null_ok) keys take
+ * def if !required. */
+static int get_uint(const cJSON *obj, const char *key, int required,
+                    uint32_t def, uint32_t lo, uint32_t hi, uint32_t *out) {
+    const cJSON *it = cJSON_GetObjectItemCaseSensitive(obj, key);
+    if (!it || cJSON_IsNull(it)) {
+        if (required)
+            return sl_seterr(SL_ERR_CONFIG, "missing required key '%s'",
+                             key);
+        *out = def;
+        return SL_OK;
+    }
+    if (!cJSON_IsNumber(it))
+        return sl_seterr(SL_ERR_CONFIG,
+                         "key '%s' must be an integer, got %s", key,
+                         json_type_name(it));
+    double v = it->valuedouble;
+    if (v != floor(v))
+        return sl_seterr(SL_ERR_CONFIG,
+                         "key '%s' must be an integer, got %g", key, v);
+    if (v < (double)lo || v > (double)hi)
+        return sl_seterr(SL_ERR_CONFIG,
+                         "key '%s' = %.0f is out of range [%u, %u]", key,
+                         v, lo, hi);
+    *out = (uint32_t)v;
+    return SL_OK;
+}
+
+static int get_bool(const cJSON *obj, const char *key, int def, int *out) {
+    const cJSON *it = cJSON_GetObjectItemCaseSensitive(obj, key);
+    if (!it || cJSON_IsNull(it)) {
+        *out = def;
+        return SL_OK;
+    }
+    if (!cJSON_IsBool(it))
+        return sl_seterr(SL_ERR_CONFIG,
+                         "key '%s' must be true or false, got %s", key,
+                         json_type_name(it));
+    *out = cJSON_IsTrue(it) ? 1 : 0;
+    return SL_OK;
+}
+
+/* A positive finite number, stored as float. */
+static int get_pos_float(const cJSON *obj, const char *key, const char *where,
+                         float *out) {
+    const cJSON *it = cJSON_GetObjectItemCaseSensitive(obj, key);
+    if (!it || cJSON_IsNull(it))
+        return sl_seterr(SL_ERR_CONFIG, "missing required key '%s%s'",
+                         where, key);
+    if (!cJSON_IsNumber(it))
+        return sl_seterr(SL_ERR_CONFIG,
+                         "key '%s%s' must be a number, got %s", where,
+                         key, json_type_name(it));
+    float v = (float)it->valuedouble;
+    if (!(v > 0) || !isfinite(v))
+        return sl_seterr(SL_ERR_CONFIG,
+                         "key '%s%s' = %g must be positive and finite",
+                         where, key, it->valuedouble);
+    *out = v;
+    return SL_OK;
+}
+
+/* rope_scaling (old) or rope_parameters (transformers >= 4.56 / v5): only
+ * plain RoPE ("default", or null) is implemented. */
+static int check_rope_type(const cJSON *obj, const char *key) {
+    const cJSON *rs = cJSON_GetObjectItemCaseSensitive(obj, key);
+    if (!rs || cJSON_IsNull(rs)) return SL_OK;
+    if (!cJSON_IsObject(rs))
+        return sl_seterr(SL_ERR_CONFIG,
+                         "key '%s' must be an object or null, got %s",
+                         key, json_type_name(rs));
+    const cJSON *t = cJSON_GetObjectItemCaseSensitive(rs, "rope_type");
+    if (!t) t = cJSON_GetObjectItemCaseSensitive(rs, "type");
+    if (!t || cJSON_IsNull(t)) return SL_OK;
+    if (!cJSON_IsString(t))
+        return sl_seterr(SL_ERR_CONFIG, "key '%s.rope_type' must be a "
+                         "string, got %s", key, json_type_name(t));
+    if (strcmp(t->valuestring, "default") != 0)
+        return sl_seterr(SL_ERR_UNSUPPORTED,
+                         "%s type '%s' is not supported (only plain "
+                         "RoPE, \"default\" or null)", key, t->valuestring);
+    return SL_OK;
+}
+
+/* bos_token_id / eos_token_id as found in config.json, generation_config.json
+ * and the manifest: bos an int or null, eos an int, a list of ints, or null.
+ * Absent keys leave cfg unchanged. */
+static int parse_special_ids(struct sl_config *cfg, const cJSON *root) {
+    const cJSON *b = cJSON_GetObjectItemCaseSensitive(root, "bos_token_id");
+    if (b) {
+        if (cJSON_IsNull(b)) {
+            cfg->bos_id = -1;
+        } else if (!cJSON_IsNumber(b) || b->valuedouble != floor(b->valuedouble) ||
+                   b->valuedouble < 0 || b->valuedouble > INT32_MAX) {
+            return sl_seterr(SL_ERR_CONFIG, "key 'bos_token_id' must be a "
+                             "non-negative integer or null");
+        } else {
+            cfg->bos_id = (int32_t)b->valuedouble;
+        }
+    }
+    const cJSON *e = cJSON_GetObjectItemCaseSensitive(root, "eos_token_id");
+    if (!e) return SL_OK;
+    int32_t ids[SL_MAX_EOS];
+    uint32_t n = 0;
+    if (cJSON_IsNull(e)) {
+        /* no eos */
+    } else if (cJSON_IsNumber(e) || cJSON_IsArray(e)) {
+        int count = cJSON_IsArray(e) ? cJSON_GetArraySize(e) : 1;
+        if (count > SL_MAX_EOS)
+            return sl_seterr(SL_ERR_UNSUPPORTED, "key 'eos_token_id' has "
+                             "%d ids; at most %d are supported", count,
+                             SL_MAX_EOS);
+        for (int i = 0; i < count; i++) {
+            const cJSON *it = cJSON_IsArray(e) ? cJSON_GetArrayItem(e, i) : e;
+            if (!cJSON_IsNumber(it) || it->valuedouble != floor(it->valuedouble) ||
+                it->valuedouble < 0 || it->valuedouble > INT32_MAX)
+                return sl_seterr(SL_ERR_CONFIG, "key 'eos_token_id' must "
+                                 "be a non-negative integer or a list of them");
+            int32_t id = (int32_t)it->valuedouble;
+            int dup = 0;
+            for (uint32_t j = 0; j < n; j++) dup |= ids[j] == id;
+            if (!dup) ids[n++] = id;
+        }
+    } else {
+        return sl_seterr(SL_ERR_CONFIG, "key 'eos_token_id' must be an "
+                         "integer or a list, got %s", json_type_name(e));
+    }
+    memset(cfg->eos_ids, 0, sizeof cfg->eos_ids);
+    memcpy(cfg->eos_ids, ids, n * sizeof ids[0]);
+    cfg->n_eos = n;
+    return SL_OK;
+}
+
+/* Checks that special ids are inside the vocabulary. */
+static int check_special_ids(const struct sl_config *c) {
+    if (c->bos_id >= 0 && (uint32_t)c->bos_id >= c->n_vocab)
+        return sl_seterr(SL_ERR_CONFIG, "bos_token_id %d is not below "
+                         "vocab_size %u", c->bos_id, c->n_vocab);
+    for (uint32_t i = 0; i < c->n_eos; i++)
+        if ((uint32_t)c->eos_ids[i] >= c->n_vocab)
+            return sl_seterr(SL_ERR_CONFIG, "eos_token_id %d is not below "
+                             "vocab_size %u", c->eos_ids[i], c->n_vocab);
+    return SL_OK;
+}
+
+/* The manifest's "sluice" object: validated when present, otherwise unused
+ * here (the loader reads dtypes from the tensor tables). */
+static int check_sluice_object(const cJSON *root) {
+    const cJSON *s = cJSON_GetObjectItemCaseSensitive(root, "sluice");
+    if (!s) return SL_OK;
+    if (!cJSON_IsObject(s))
+        return sl_seterr(SL_ERR_CONFIG, "manifest: key 'sluice' must be an "
+                         "object, got %s", json_type_name(s));
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(s, "format_version");
+    if (!cJSON_IsNumber(v) || v->valuedouble != 1.0)
+        return sl_seterr(SL_ERR_UNSUPPORTED, "manifest: sluice.format_version "
+                         "must be 1");
+    static const char *keys[2] = {"expert_dtype", "dense_dtype"};
+    for (int k = 0; k < 2; k++) {
+        const cJSON *d = cJSON_GetObjectItemCaseSensitive(s, keys[k]);
+        if (!d) continue;
+        int ok = 0;
+        for (int t = 0; cJSON_IsString(d) && t < SL_DTYPE_COUNT; t++)
+            ok |= strcmp(d->valuestring, sl_dtype_name(t)) == 0;
+        if (!ok)
+            return sl_seterr(SL_ERR_CONFIG, "manifest: sluice.%s is not a "
+                             "known dtype", keys[k]);
+    }
+    return SL_OK;
+}
+
+static int parse_root(struct sl_config *c, const cJSON *root) {
+    int rc;
+    if (!cJSON_IsObject(root))
+        return sl_seterr(SL_ERR_CONFIG, "top level must be a JSON "
+                         "object, got %s", json_type_name(root));
+
+    const cJSON *mt = cJSON_GetObjectItemCaseSensitive(root, "model_type");
+    if (!mt)
+        return sl_seterr(SL_ERR_CONFIG, "missing required key "
+                         "'model_type'; supported: %s", supported_types);
+    if (!cJSON_IsString(mt))
+        return sl_seterr(SL_ERR_CONFIG, "key 'model_type' must be a "
+                         "string, got %s", json_type_name(mt));
+    if (strcmp(mt->valuestring, "qwen3_moe") != 0)
+        return sl_seterr(SL_ERR_UNSUPPORTED, "model_type '%.64s' is not "
+                         "supported; supported: %s", mt->valuestring,
+                         supported_types);
+    c->arch = SL_ARCH_QWEN3_MOE;
+    snprintf(c->model_type, sizeof c->model_type, "%s", mt->valuestring);
+
+    const cJSON *act = cJSON_GetObjectItemCaseSensitive(root, "hidden_act");
+    if (act && !cJSON_IsNull(act) &&
+        (!cJSON_IsString(act) || strcmp(act->valuestring, "silu") != 0))
+        return sl_seterr(SL_ERR_UNSUPPORTED, "hidden_act %s%.64s%s is "
+                         "not supported (only \"silu\")",
+                         cJSON_IsString(act) ? "'" : "",
+                         cJSON_IsString(act) ? act->valuestring
+                                             : json_type_name(act),
+                         cJSON_IsString(act) ? "'" : "");
+    int sliding = 0;
+    if ((rc = get_bool(root, "use_sliding_window", 0, &sliding))) return rc;
+    if (sliding)
+        return sl_seterr(SL_ERR_UNSUPPORTED, "use_sliding_window = "
+                         "true is not supported");
+
+    if ((rc = get_uint(root, "num_hidden_layers", 1, 0, 1, SL_MAX_LAYERS,
+                       &c->n_layers)) ||
+        (rc = get_uint(root, "hidden_size", 1, 0, 1, MAX_HIDDEN, &c->hidden)) ||
+        (rc = get_uint(root, "num_attention_heads", 1, 0, 1, MAX_HEADS,
+                       &c->n_heads)) ||
+        (rc = get_uint(root, "num_key_value_heads", 0, c->n_heads, 1,
+                       MAX_HEADS, &c->n_kv_heads)) ||
+        (rc = get_uint(root, "head_dim", 0, c->hidden / c->n_heads, 1,
+                       MAX_HEAD_DIM, &c->head_dim)) ||
+        (rc = get_uint(root, "vocab_size", 1, 0, 1, MAX_VOCAB, &c->n_vocab)) ||
+        (rc = get_uint(root, "max_position_embeddings", 1, 0, 1, MAX_CTX,
+                       &c->n_ctx_train)) ||
+        (rc = get_uint(root, "intermediate_size", 1, 0, 1, MAX_FFN, &c->ffn)) ||
+        (rc = get_uint(root, "moe_intermediate_size", 1, 0, 1, MAX_FFN,
+                       &c->moe_ffn)) ||
+        (rc = get_uint(root, "num_experts", 1, 0, 1, MAX_EXPERTS,
+                       &c->n_experts)) ||
+        (rc = get_uint(root, "num_experts_per_tok", 1, 0, 1, MAX_EXPERTS,
+                       &c->n_experts_used)) ||
+        (rc = get_uint(root, "decoder_sparse_step", 0, 1, 1, SL_MAX_LAYERS,
+                       &c->decoder_sparse_step)) ||
+        (rc = get_bool(root, "norm_topk_prob", 0, &c->norm_topk_prob)) ||
+        (rc = get_bool(root, "attention_bias", 0, &c->attention_bias)) ||
+        (rc = get_bool(root, "tie_word_embeddings", 0, &c->tie_embeddings)) ||
+        (rc = get_pos_float(root, "rms_norm_eps", "", &c->rms_eps)))
+        return rc;
+
+    if (c->head_dim == 0)
+        return sl_seterr(SL_ERR_CONFIG, "head_dim defaults to "
+                         "hidden_size / num_attention_heads = 0; give head_dim");
+    if (c->head_dim % 2)
+        return sl_seterr(SL_ERR_CONFIG, "head_dim = %u must be even "
+                         "(RoPE rotates pairs)", c->head_dim);
+    if (c->n_heads % c->n_kv_heads)
+        return sl_seterr(SL_ERR_CONFIG, "num_attention_heads = %u is "
+                         "not a multiple of num_key_value_heads = %u",
+                         c->n_heads, c->n_kv_heads);
+    if (c->n_experts_used > c->n_experts)
+        return sl_seterr(SL_ERR_CONFIG, "num_experts_per_tok = %u "
+                         "exceeds num_experts = %u", c->n_experts_used,
+                         c->n_experts);
+    if ((uint64_t)c->n_heads * c->head_dim > MAX_HIDDEN * 4ull)
+        return sl_seterr(SL_ERR_CONFIG, "num_attention_heads * "
+                         "head_dim = %llu is implausibly large",
+                         (unsigned long long)c->n_heads * c->head_dim);
+
+    /* rope_theta: top level (transformers < 4.56) or inside rope_parameters
+     * (newer); rope scaling of any kind is not implemented. */
+    if ((rc = check_rope_type(root, "rope_scaling")) ||
+        (rc = check_rope_type(root, "rope_parameters")))
+        return rc;
+    const cJSON *rp = cJSON_GetObjectItemCaseSensitive(root, "rope_parameters");
+    if (cJSON_GetObjectItemCaseSensitive(root, "rope_theta") || !cJSON_IsObject(rp))
+        rc = get_pos_float(root, "rope_theta", "", &c->rope_theta);
+    else
+        rc = get_pos_float(rp, "rope_theta", "rope_parameters.", &c->rope_theta);
+    if (rc) return rc;
+
+    /* mlp_only_layers: layers whose MLP is dense even though MoE is on. */
+    uint8_t dense_only[SL_MAX_LAYERS] = {0};
+    const cJSON *mo = cJSON_GetObjectItemCaseSensitive(root, "mlp_only_layers");
+    if (mo && !cJSON_IsNull(mo)) {
+        if (!cJSON_IsArray(mo))
+            return sl_seterr(SL_ERR_CONFIG, "key 'mlp_only_layers' "
+                             "must be a list of layer indices, got %s",
+                             json_type_name(mo));
+        const cJSON *it;
+        cJSON_ArrayForEach(it, mo) {
+            if (!cJSON_IsNumber(it) || it->valuedouble != floor(it->valuedouble))
+                return sl_seterr(SL_ERR_CONFIG, "mlp_only_layers must "
+                                 "hold integers, got %s", json_type_name(it));
+            if (it->valuedouble < 0 || it->valuedouble >= c->n_layers)
+                return sl_seterr(SL_ERR_CONFIG, "mlp_only_layers "
+                                 "index %.0f is out of range [0, %u)",
+                                 it->valuedouble, c->n_layers);
+            dense_only[(uint32_t)it->valuedouble] = 1;
+        }
+    }
+    for (uint32_t i = 0; i < c->n_layers; i++)
+        c->layer_is_moe[i] = !dense_only[i] && c->n_experts > 0 &&
+                             (i + 1) % c->decoder_sparse_step == 0;
+
+    c->bos_id = -1;
+    c->n_eos = 0;
+    if ((rc = parse_special_ids(c, root)) ||
+        (rc = check_special_ids(c)) || (rc = check_sluice_object(root)))
+        return rc;
+    return SL_OK;
+}
+
+int config_parse(struct sl_config *cfg, const char *json, size_t len) {
+    struct sl_config c;
+    memset(&c, 0, sizeof c);
+    cJSON *root = cJSON_ParseWithLength(json, len);
+    if (!root) {
+        const char *at = cJSON_GetErrorPtr();
+        long off = at && at >= json && at <= json + len ? (long)(at - json) : -1;
+        return sl_seterr(SL_ERR_CONFIG, "not valid JSON (error near byte "
+                         "%ld)", off);
+    }
+    int rc = parse_root(&c, root);
+    cJSON_Delete(root);
+    if (rc) return rc;
+    *cfg = c;
+    return SL_OK;
+}
+
+int config_parse_generation(struct sl_config *cfg, const char *json,
+                            size_t len) {
+    cJSON *root = cJSON_ParseWithLength(json, len);
+    if (!root)
+        return sl_seterr(SL_ERR_CONFIG, "not valid JSON");
+    struct sl_config c = *cfg;
+    int rc = SL_OK;
+    if (!cJSON_IsObject(root))
+        rc = sl_seterr(SL_ERR_CONFIG, "top level must be an object");
+    if (!rc) rc = parse_special_ids(&c, root);
+    if (!rc && c.n_vocab) rc = check_special_ids(&c);
+    cJSON_Delete(root);
+    if (rc) return rc;
+    *cfg = c;
+    return SL_OK;
+}
+
+/* The shortest decimal that reads back as the same float, as a double, so
+ * that the manifest says 1e-06 rather than 9.99999997475243e-07. */
+static double float_for_json(float v) {
+    char buf[32];
+    for (int prec = 6; prec <= 9; prec++) {
+        snprintf(buf, sizeof buf, "%.*g", prec, (double)v);
+        double d = strtod(buf, NULL);
+        if ((float)d == v) return d;
+    }
+    return (double)v;
+}
+
+/* The manifest spells every key out, so that a reader needs no defaults. */
+int config_to_manifest(const struct sl_config *c, int expert_dtype,
+                       int dense_dtype, char **out, size_t *out_len) {
+    *out = NULL;
+    *out_len = 0;
+    if (c->n_layers == 0 || c->n_layers > SL_MAX_LAYERS || c->n_eos > SL_MAX_EOS)
+        return sl_seterr(SL_ERR_ARG, "config_to_manifest: config not parsed");
+    cJSON *r = cJSON_CreateObject();
+    if (!r) return sl_seterr(SL_ERR_NOMEM, "manifest: out of memory");
+    int ok = 1;
+#define NUM(k, v) ok &= cJSON_AddNumberToObject(r, k, (double)(v)) != NULL
+#define BOOL(k, v) ok &= cJSON_AddBoolToObject(r, k, (v) != 0) != NULL
+    ok &= cJSON_AddStringToObject(r, "model_type", c->model_type) != NULL;
+    ok &= cJSON_AddStringToObject(r, "hidden_act", "silu") != NULL;
+    NUM("num_hidden_layers", c->n_layers);
+    NUM("hidden_size", c->hidden);
+    NUM("num_attention_heads", c->n_heads);
+    NUM("num_key_value_heads", c->n_kv_heads);
+    NUM("head_dim", c->head_dim);
+    NUM("vocab_size", c->n_vocab);
+    NUM("max_position_embeddings", c->n_ctx_train);
+    NUM("intermediate_size", c->ffn);
+    NUM("moe_intermediate_size", c->moe_ffn);
+    NUM("num_experts", c->n_experts);
+    NUM("num_experts_per_tok", c->n_experts_used);
+    BOOL("norm_topk_prob", c->norm_topk_prob);
+    NUM("decoder_sparse_step", c->decoder_sparse_step);
+    NUM("rms_norm_eps", float_for_json(c->rms_eps));
+    NUM("rope_theta", float_for_json(c->rope_theta));
+    ok &= cJSON_AddNullToObject(r, "rope_scaling") != NULL;
+    BOOL("attention_bias", c->attention_bias);
+    BOOL("tie_word_embeddings", c->tie_embeddings);
+    BOOL("use_sliding_window", 0);
+    /* Every non-MoE layer is listed, so the re-parse resolves layer_is_moe
+     * identically whatever decoder_sparse_step is. */
+    cJSON *mo = cJSON_AddArrayToObject(r, "mlp_only_layers");
+    ok &= mo != NULL;
+    for (uint32_t i = 0; ok && i < c->n_layers; i++)
+        if (!c->layer_is_moe[i])
+            ok &= cJSON_AddItemToArray(mo, cJSON_CreateNumber(i));
+    if (c->bos_id >= 0) NUM("bos_token_id", c->bos_id);
+    else ok &= cJSON_AddNullToObject(r, "bos_token_id") != NULL;
+    cJSON *eos = cJSON_AddArrayToObject(r, "eos_token_id");
+    ok &= eos != NULL;
+    for (uint32_t i = 0; ok && i < c->n_eos; i++)
+        ok &= cJSON_AddItemToArray(eos, cJSON_CreateNumber(c->eos_ids[i]));
+    cJSON *s = cJSON_AddObjectToObject(r, "sluice");
+    ok &= s != NULL;
+    if (ok) {
+        ok &= cJSON_AddNumberToObject(s, "format_version", 1) != NULL;
+        ok &= cJSON_AddStringToObject(s, "expert_dtype",
+                                      sl_dtype_name(expert_dtype)) != NULL;
+        ok &= cJSON_AddStringToObject(s, "dense_dtype",
+                                      sl_dtype_name(dense_dtype)) != NULL;
+    }
+#undef NUM
+#undef BOOL
+    char *txt = ok ? cJSON_Print(r) : NULL;
+    cJSON_Delete(r);
+    if (!txt) return sl_seterr(SL_ERR_NOMEM, "manifest: out of memory");
+    /* Copied so that the caller frees with sl_free like everything else. */
+    size_t n = strlen(txt);
+    char *buf = sl_malloc(n + 1);
+    if (!buf) {
+        cJSON_free(txt);
+        return sl_seterr(SL_ERR_NOMEM, "manifest: out of memory");
+    }
+    memcpy(buf, txt, n + 1);
+    cJSON_free(txt);
+    *out = buf;
+    *out_len = n;
+    return SL_OK;
+}

@@ -1,0 +1,56 @@
+/*
+ * context.h — a context: one sequence's KV cache, the activation buffers of
+ * the forward pass (allocated once; the forward pass never allocates), the
+ * thread pool and the counters. Owned by the caller of sl_context_create;
+ * borrows the model, which must outlive it.
+ */
+#ifndef SL_CONTEXT_H
+#define SL_CONTEXT_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+#include "model.h"
+
+struct sl_pool;
+
+struct sl_context {
+    struct sl_model *model;
+    struct sl_pool *pool;
+    uint32_t n_ctx;           /* KV capacity in positions */
+    uint32_t n_batch;         /* most tokens per forward_batch call */
+    uint32_t n_past;          /* positions evaluated */
+    float *k_cache;           /* (n_layers, n_ctx, n_kv_heads * head_dim) */
+    float *v_cache;           /* (n_layers, n_ctx, n_kv_heads * head_dim) */
+    /* activations of a chunk of up to n_batch tokens */
+    float *x;                 /* (n_batch, hidden) residual stream */
+    float *xb;                /* (n_batch, hidden) normed input of a block */
+    float *xb2;               /* (n_batch, hidden) block output */
+    float *q;                 /* (n_batch, n_heads * head_dim) */
+    float *att;               /* (n_batch, n_heads * head_dim) attention out */
+    float *att_scores;        /* (n_heads, n_ctx) attention scratch */
+    float *router;            /* (n_batch, n_experts) logits, then probs */
+    int32_t *topk_ids;        /* (n_batch, n_experts_used) */
+    float *topk_w;            /* (n_batch, n_experts_used) */
+    int32_t *expert_count;    /* (n_experts) selections per expert */
+    int32_t *expert_start;    /* (n_experts) first slot in sel_order */
+    int32_t *sel_order;       /* (n_batch * n_experts_used) selections
+                                 (token * k + slot) grouped by expert */
+    float *gather;            /* (n_batch, hidden) tokens of one expert */
+    float *hb, *hb2;          /* (n_batch, max(ffn, moe_ffn)) */
+    float *moe_tmp;           /* (n_batch, hidden) one expert's outputs */
+    float *logits;            /* (n_vocab) after the last token */
+    int has_logits;
+    const char *dump_dir;     /* SLUICE_DUMP, or NULL */
+    struct sl_stats stats;
+};
+
+/* Runs n tokens (1 <= n <= n_batch) at positions pos..pos+n-1 (< n_ctx)
+ * through every layer, writing their K and V into the cache. If logits is
+ * not NULL it receives n_vocab floats for the last token, or for every token
+ * ((n, n_vocab)) when all_logits. Fails only if an expert cannot be acquired
+ * or scratch cannot grow; the cache rows past pos are then undefined. */
+int forward_batch(struct sl_context *ctx, const int32_t *tokens, int n,
+                  uint32_t pos, float *logits, int all_logits);
+
+#endif /* SL_CONTEXT_H */

@@ -1,0 +1,666 @@
+/*
+ * convert.c — sl_convert: a HuggingFace qwen3_moe checkpoint directory to
+ * one .sluice model file (see include/sluice.h and docs/convert.md).
+ *
+ * What it is: a two-pass streaming converter. Pass 1 looks up every tensor
+ * the config implies and checks presence, dtype and shape, so that a bad
+ * checkpoint fails in seconds, before any output is written; pass 2 walks
+ * the same sequence again and converts. What it is not: a loader, and it
+ * does not touch tokenizer.json beyond embedding its bytes.
+ *
+ * Tensor names (HF qwen3_moe). Dense tensors keep their HF names in the
+ * output so that the loader looks them up by those names:
+ *   model.embed_tokens.weight                        [vocab, hidden]
+ *   model.layers.{i}.input_layernorm.weight          [hidden]
+ *   model.layers.{i}.post_attention_layernorm.weight [hidden]
+ *   model.layers.{i}.self_attn.q_proj.weight         [heads*head_dim, hidden]
+ *   model.layers.{i}.self_attn.{k,v}_proj.weight     [kv_heads*head_dim, hidden]
+ *   model.layers.{i}.self_attn.o_proj.weight         [hidden, heads*head_dim]
+ *   model.layers.{i}.self_attn.{q,k,v,o}_proj.bias   if attention_bias
+ *   model.layers.{i}.self_attn.{q,k}_norm.weight     [head_dim]
+ *   MoE layer:   model.layers.{i}.mlp.gate.weight    [n_experts, hidden]
+ *   dense layer: model.layers.{i}.mlp.{gate,up}_proj.weight [ffn, hidden],
+ *                model.layers.{i}.mlp.down_proj.weight      [hidden, ffn]
+ *   model.norm.weight [hidden]; lm_head.weight [vocab, hidden] unless tied.
+ * Routed experts become expert records (parts gate [moe_ffn, hidden], up
+ * [moe_ffn, hidden], down [hidden, moe_ffn]). Two source layouts exist and
+ * are told apart per layer by name:
+ *   per expert (every released checkpoint, transformers <= 4.x):
+ *     model.layers.{i}.mlp.experts.{e}.{gate,up,down}_proj.weight
+ *   fused (transformers v5 Qwen3MoeExperts, when it saves its own layout):
+ *     model.layers.{i}.mlp.experts.gate_up_proj [n_experts, 2*moe_ffn, hidden]
+ *       (rows [0, moe_ffn) of expert e are gate, [moe_ffn, 2*moe_ffn) up)
+ *     model.layers.{i}.mlp.experts.down_proj    [n_experts, hidden, moe_ffn]
+ *
+ * Dtype policy: 1-D tensors (norms, biases) f32; the router f32 because
+ * routing picks top-k from logits that are often within a few 1e-3 of each
+ * other, and a rounded router flips expert choices, which no later precision
+ * can repair (and it is only n_experts * hidden floats per layer); embedding,
+ * attention, dense MLP and lm_head in dense_dtype; experts in expert_dtype.
+ * A matrix whose columns are not a multiple of 32 cannot be q8/q4 and is
+ * stored bf16 (one warning). Values go through f32, which is exact for bf16,
+ * f16 and f32 sources; bf16 -> bf16 is therefore bit exact.
+ *
+ * Invariants: memory holds at most one dense tensor in its stored dtype (or
+ * one expert's three stored matrices) plus one read chunk of CHUNK_FLOATS
+ * floats; the output depends only on the input files and the params; on any
+ * failure the partial output is removed (writer_close(w, 0)).
+ */
+#include <cJSON.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "config.h"
+#include "format.h"
+#include "quant.h"
+#include "safetensors.h"
+#include "util.h"
+
+/* Rows are read in chunks of at most this many floats (16 MiB). */
+#define CHUNK_FLOATS ((uint64_t)1 << 22)
+
+enum tensor_kind {
+    KIND_VECTOR, /* 1-D: f32 */
+    KIND_ROUTER, /* f32, see the file comment */
+    KIND_MATRIX, /* dense_dtype */
+};
+
+struct conv {
+    struct sl_convert_params p;
+    struct sl_config cfg;
+    struct st_set *st;
+    struct sl_writer *w;         /* open during pass 2 */
+    int pass;                    /* 1: check names, dtypes, shapes; 2: write */
+    uint8_t *used;               /* (st_count) tensor consumed by the model */
+    float *chunk;                /* (CHUNK_FLOATS or one row) read buffer */
+    uint64_t chunk_floats;
+    uint64_t total, done;        /* elements to convert / converted */
+    double last_draw;
+    const char *stage;           /* progress label */
+    uint32_t stage_layer;
+    int warned_fallback;
+};
+
+struct sl_convert_params sl_convert_default_params(void) {
+    struct sl_convert_params p;
+    memset(&p, 0, sizeof p);
+    p.expert_dtype = SL_DTYPE_BF16;
+    p.dense_dtype = SL_DTYPE_BF16;
+    p.progress = 0;
+    return p;
+}
+
+/* ---- progress ---- */
+
+static void progress_draw(struct conv *cv, int final) {
+    if (!cv->p.progress || cv->pass != 2) return;
+    double now = sl_now();
+    if (!final && now - cv->last_draw < 0.1) return;
+    cv->last_draw = now;
+    int pct = cv->total ? (int)(cv->done * 100 / cv->total) : 100;
+    char bar[31];
+    int fill = pct * 30 / 100;
+    for (int i = 0; i < 30; i++) bar[i] = i < fill ? '#' : '.';
+    bar[30] = 0;
+    if (cv->stage_layer)
+        fprintf(stderr, "\r[%s] %3d%% %s %u/%u   ", bar, pct, cv->stage,
+                cv->stage_layer, cv->cfg.n_layers);
+    else
+        fprintf(stderr, "\r[%s] %3d%% %-20s", bar, pct, cv->stage);
+    if (final) fputc('\n', stderr);
+    fflush(stderr);
+}
+
+/* ---- shape checks (pass 1) ---- */
+
+static void format_dims(char *buf, size_t n, int n_dims, const uint64_t *d) {
+    size_t k = (size_t)snprintf(buf, n, "[");
+    for (int i = 0; i < n_dims && k < n; i++)
+        k += (size_t)snprintf(buf + k, n - k, "%s%llu", i ? ", " : "",
+                              (unsigned long long)d[i]);
+    if (k < n) snprintf(buf + k, n - k, "]");
+}
+
+/* Finds name and checks its dtype and shape; marks it used and, in pass 1,
+ * counts its elements for the progress bar. */
+static int expect(struct conv *cv, const char *name, int n_dims,
+                  const uint64_t *dims, const struct st_tensor **out) {
+    const struct st_tensor *t = st_find(cv->st, name);
+    if (!t) return sl_seterr(SL_ERR_FORMAT, "missing tensor %s", name);
+    if (t->dtype < 0)
+        return sl_seterr(SL_ERR_UNSUPPORTED, "tensor %s: dtype %s is not "
+                         "supported (supported: F32, F16, BF16)", name,
+                         t->dtype_name);
+    int same = t->n_dims == n_dims;
+    for (int i = 0; same && i < n_dims; i++) same = t->dims[i] == dims[i];
+    if (!same) {
+        char want[96], got[96];
+        format_dims(want, sizeof want, n_dims, dims);
+        format_dims(got, sizeof got, t->n_dims, t->dims);
+        return sl_seterr(SL_ERR_FORMAT, "tensor %s: expected %s, got %s",
+                         name, want, got);
+    }
+    if (cv->pass == 1 && !cv->used[t->index]) cv->total += t->numel;
+    cv->used[t->index] = 1;
+    *out = t;
+    return SL_OK;
+}
+
+/* ---- conversion (pass 2) ---- */
+
+static int chunk_reserve(struct conv *cv, uint64_t cols) {
+    uint64_t want = cols > CHUNK_FLOATS ? cols : CHUNK_FLOATS;
+    if (cv->chunk_floats >= want) return SL_OK;
+    sl_free(cv->chunk);
+    cv->chunk = sl_malloc(want * sizeof(float));
+    cv->chunk_floats = cv->chunk ? want : 0;
+    if (!cv->chunk)
+        return sl_seterr(SL_ERR_NOMEM, "cannot allocate a %llu-float read "
+                         "buffer", (unsigned long long)want);
+    return SL_OK;
+}
+
+/* Rows [row0, row0 + n_rows) of t (seen as [numel/cols, cols]) into out in
+ * dtype, a chunk at a time. what names the data in messages. */
+static int convert_rows(struct conv *cv, const struct st_tensor *t,
+                        uint64_t row0, uint64_t n_rows, int dtype, void *out,
+                        const char *what) {
+    uint64_t cols = st_cols(t);
+    uint64_t row_bytes = quant_row_bytes(dtype, cols);
+    SL_ASSERT(row_bytes != 0);
+    int rc = chunk_reserve(cv, cols);
+    if (rc) return rc;
+    uint64_t per = cv->chunk_floats / cols;
+    for (uint64_t r = 0; r < n_rows; r += per) {
+        uint64_t n = n_rows - r < per ? n_rows - r : per;
+        if ((rc = st_read_rows_f32(cv->st, t, row0 + r, n, cv->chunk)))
+            return rc;
+        for (uint64_t i = 0; i < n; i++) {
+            const float *row = cv->chunk + i * cols;
+            if (!quant_row_is_finite(row, cols)) {
+                uint64_t c = 0;
+                while (c < cols && isfinite(row[c])) c++;
+                return sl_seterr(SL_ERR_FORMAT, "tensor %s: non-finite value "
+                                 "(%g) at row %llu, column %llu", what,
+                                 (double)row[c], (unsigned long long)(r + i),
+                                 (unsigned long long)c);
+            }
+            quant_row_from_f32(dtype, row, (uint8_t *)out + (r + i) * row_bytes,
+                               cols);
+        }
+        cv->done += n * cols;
+        progress_draw(cv, 0);
+    }
+    return SL_OK;
+}
+
+/* The stored dtype of a matrix with cols columns whose policy dtype is
+ * want: bf16 when want is a block format that cols does not fit. */
+static int pick_dtype(struct conv *cv, int want, uint64_t cols,
+                      const char *name) {
+    if (quant_dtype_fits(want, cols)) return want;
+    if (!cv->warned_fallback && cv->pass == 2) {
+        sl_log(SL_LOG_WARN, "%s: %llu columns are not a multiple of %d; "
+               "stored as bf16 instead of %s (and so is every such matrix)",
+               name, (unsigned long long)cols, SL_QBLOCK, sl_dtype_name(want));
+        cv->warned_fallback = 1;
+    }
+    return SL_DTYPE_BF16;
+}
+
+/* One dense tensor: checked in pass 1, converted and written in pass 2. */
+static int do_dense(struct conv *cv, const char *name, int kind, uint64_t d0,
+                    uint64_t d1) {
+    uint64_t dims[2] = {d0, d1};
+    int n_dims = kind == KIND_VECTOR ? 1 : 2;
+    const struct st_tensor *t;
+    int rc = expect(cv, name, n_dims, dims, &t);
+    if (rc || cv->pass == 1) return rc;
+    int dtype = kind == KIND_MATRIX
+                    ? pick_dtype(cv, cv->p.dense_dtype, st_cols(t), name)
+                    : SL_DTYPE_F32;
+    uint64_t rows = n_dims == 1 ? 1 : d0;
+    uint64_t size = rows * quant_row_bytes(dtype, st_cols(t));
+    void *buf = sl_malloc((size_t)size);
+    if (!buf)
+        return sl_seterr(SL_ERR_NOMEM, "tensor %s: cannot allocate %llu bytes",
+                         name, (unsigned long long)size);
+    rc = convert_rows(cv, t, 0, rows, dtype, buf, name);
+    if (!rc) rc = writer_add_tensor(cv->w, name, dtype, n_dims, dims, buf, size);
+    sl_free(buf);
+    return rc;
+}
+
+static int do_layer_dense(struct conv *cv, uint32_t l) {
+    const struct sl_config *c = &cv->cfg;
+    uint64_t h = c->hidden, q = config_q_dim(c), kv = config_kv_dim(c);
+    char n[SL_MAX_NAME + 1];
+    int rc;
+#define P(fmt) (snprintf(n, sizeof n, "model.layers.%u." fmt, l), n)
+    if ((rc = do_dense(cv, P("input_layernorm.weight"), KIND_VECTOR, h, 0)) ||
+        (rc = do_dense(cv, P("self_attn.q_proj.weight"), KIND_MATRIX, q, h)) ||
+        (rc = do_dense(cv, P("self_attn.k_proj.weight"), KIND_MATRIX, kv, h)) ||
+        (rc = do_dense(cv, P("self_attn.v_proj.weight"), KIND_MATRIX, kv, h)) ||
+        (rc = do_dense(cv, P("self_attn.o_proj.weight"), KIND_MATRIX, h, q)))
+        return rc;
+    if (c->attention_bias &&
+        ((rc = do_dense(cv, P("self_attn.q_proj.bias"), KIND_VECTOR, q, 0)) ||
+         (rc = do_dense(cv, P("self_attn.k_proj.bias"), KIND_VECTOR, kv, 0)) ||
+         (rc = do_dense(cv, P("self_attn.v_proj.bias"), KIND_VECTOR, kv, 0)) ||
+         (rc = do_dense(cv, P("self_attn.o_proj.bias"), KIND_VECTOR, h, 0))))
+        return rc;
+    if ((rc = do_dense(cv, P("self_attn.q_norm.weight"), KIND_VECTOR,
+                       c->head_dim, 0)) ||
+        (rc = do_dense(cv, P("self_attn.k_norm.weight"), KIND_VECTOR,
+                       c->head_dim, 0)) ||
+        (rc = do_dense(cv, P("post_attention_layernorm.weight"), KIND_VECTOR,
+                       h, 0)))
+        return rc;
+    if (c->layer_is_moe[l])
+        return do_dense(cv, P("mlp.gate.weight"), KIND_ROUTER, c->n_experts, h);
+    if ((rc = do_dense(cv, P("mlp.gate_proj.weight"), KIND_MATRIX, c->ffn, h)) ||
+        (rc = do_dense(cv, P("mlp.up_proj.weight"), KIND_MATRIX, c->ffn, h)) ||
+        (rc = do_dense(cv, P("mlp.down_proj.weight"), KIND_MATRIX, h, c->ffn)))
+        return rc;
+#undef P
+    return SL_OK;
+}
+
+/* The routed experts of MoE layer l: checked in pass 1, written as records
+ * in pass 2. Holds one expert's three stored matrices at a time. */
+static int do_experts(struct conv *cv, uint32_t l) {
+    const struct sl_config *c = &cv->cfg;
+    uint64_t h = c->hidden, f = c->moe_ffn, E = c->n_experts;
+    char n[SL_MAX_NAME + 1], gu_name[SL_MAX_NAME + 1], d_name[SL_MAX_NAME + 1];
+    snprintf(gu_name, sizeof gu_name, "model.layers.%u.mlp.experts.gate_up_proj", l);
+    snprintf(d_name, sizeof d_name, "model.layers.%u.mlp.experts.down_proj", l);
+    snprintf(n, sizeof n, "model.layers.%u.mlp.experts.0.gate_proj.weight", l);
+    int fused = st_find(cv->st, gu_name) != NULL;
+    if (fused && st_find(cv->st, n))
+        return sl_seterr(SL_ERR_FORMAT, "layer %u holds both the fused (%s) "
+                         "and the per-expert (%s) expert layout", l, gu_name, n);
+    int rc;
+    const struct st_tensor *gu = NULL, *dn = NULL;
+    if (fused) {
+        uint64_t gd[3] = {E, 2 * f, h}, dd[3] = {E, h, f};
+        if ((rc = expect(cv, gu_name, 3, gd, &gu)) ||
+            (rc = expect(cv, d_name, 3, dd, &dn)))
+            return rc;
+    }
+    const char *part_names[3] = {"gate_proj", "up_proj", "down_proj"};
+    uint64_t rows[3] = {f, f, h}, cols[3] = {h, h, f};
+    struct sl_expert_part parts[3];
+    memset(parts, 0, sizeof parts);
+    void *data[3] = {NULL, NULL, NULL};
+    if (cv->pass == 2) {
+        for (int k = 0; k < 3; k++) {
+            snprintf(n, sizeof n, "model.layers.%u.mlp.experts.*.%s", l,
+                     part_names[k]);
+            parts[k].dtype = pick_dtype(cv, cv->p.expert_dtype, cols[k], n);
+            parts[k].rows = rows[k];
+            parts[k].cols = cols[k];
+            uint64_t sz = rows[k] * quant_row_bytes(parts[k].dtype, cols[k]);
+            if (!(data[k] = sl_malloc((size_t)sz))) {
+                rc = sl_seterr(SL_ERR_NOMEM, "layer %u experts: cannot "
+                               "allocate %llu bytes", l, (unsigned long long)sz);
+                goto done;
+            }
+        }
+        if ((rc = writer_begin_experts(cv->w, l, (uint32_t)E, parts))) goto done;
+    }
+    for (uint64_t e = 0; e < E; e++) {
+        if (fused) {
+            if (cv->pass == 1) continue; /* shapes checked above */
+            char what[SL_MAX_NAME + 64];
+            snprintf(what, sizeof what, "%s (expert %llu gate)", gu_name,
+                     (unsigned long long)e);
+            if ((rc = convert_rows(cv, gu, e * 2 * f, f, parts[0].dtype,
+                                   data[0], what)))
+                goto done;
+            snprintf(what, sizeof what, "%s (expert %llu up)", gu_name,
+                     (unsigned long long)e);
+            if ((rc = convert_rows(cv, gu, e * 2 * f + f, f, parts[1].dtype,
+                                   data[1], what)))
+                goto done;
+            snprintf(what, sizeof what, "%s (expert %llu)", d_name,
+                     (unsigned long long)e);
+            if ((rc = convert_rows(cv, dn, e * h, h, parts[2].dtype, data[2],
+                                   what)))
+                goto done;
+        } else {
+            for (int k = 0; k < 3; k++) {
+                const struct st_tensor *t;
+                uint64_t dims[2] = {rows[k], cols[k]};
+                snprintf(n, sizeof n, "model.layers.%u.mlp.experts.%llu.%s.weight",
+                         l, (unsigned long long)e, part_names[k]);
+                if ((rc = expect(cv, n, 2, dims, &t))) goto done;
+                if (cv->pass == 2 &&
+                    (rc = convert_rows(cv, t, 0, rows[k], parts[k].dtype,
+                                       data[k], n)))
+                    goto done;
+            }
+        }
+        if (cv->pass == 2 &&
+            (rc = writer_add_expert(cv->w, l, (uint32_t)e,
+                                    (const void *const *)data)))
+            goto done;
+    }
+    rc = SL_OK;
+done:
+    for (int k = 0; k < 3; k++) sl_free(data[k]);
+    return rc;
+}
+
+/* The whole model in file order: dense tensors first (the dense region),
+ * then the expert records layer by layer, in pass cv->pass. */
+static int walk(struct conv *cv) {
+    const struct sl_config *c = &cv->cfg;
+    int rc;
+    cv->stage = "embeddings";
+    cv->stage_layer = 0;
+    if ((rc = do_dense(cv, "model.embed_tokens.weight", KIND_MATRIX,
+                       c->n_vocab, c->hidden)))
+        return rc;
+    cv->stage = "dense layer";
+    for (uint32_t l = 0; l < c->n_layers; l++) {
+        cv->stage_layer = l + 1;
+        if ((rc = do_layer_dense(cv, l))) return rc;
+    }
+    cv->stage = "output";
+    cv->stage_layer = 0;
+    if ((rc = do_dense(cv, "model.norm.weight", KIND_VECTOR, c->hidden, 0)))
+        return rc;
+    if (!c->tie_embeddings &&
+        (rc = do_dense(cv, "lm_head.weight", KIND_MATRIX, c->n_vocab, c->hidden)))
+        return rc;
+    cv->stage = "experts layer";
+    for (uint32_t l = 0; l < c->n_layers; l++) {
+        cv->stage_layer = l + 1;
+        if (c->layer_is_moe[l] && (rc = do_experts(cv, l))) return rc;
+    }
+    return SL_OK;
+}
+
+/* ---- side files ---- */
+
+/* Reads dir/name into *txt; *txt = NULL if the file does not exist. */
+static int read_optional(const char *dir, const char *name, char **txt,
+                         size_t *len) {
+    *txt = NULL;
+    *len = 0;
+    char *p = sl_path_join(dir, name);
+    if (!p) return sl_seterr(SL_ERR_NOMEM, "out of memory");
+    FILE *probe = fopen(p, "rb");
+    int rc = SL_OK;
+    if (probe) {
+        fclose(probe);
+        rc = sl_read_file(p, txt, len);
+    }
+    sl_free(p);
+    return rc;
+}
+
+/* A special token in tokenizer_config.json: a string, {"content": str}, or
+ * null. Returns the string (borrowed from j) or NULL. */
+static int token_string(const cJSON *j, const char *key, const char **out) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(j, key);
+    *out = NULL;
+    if (!v || cJSON_IsNull(v)) return SL_OK;
+    if (cJSON_IsObject(v)) v = cJSON_GetObjectItemCaseSensitive(v, "content");
+    if (!cJSON_IsString(v))
+        return sl_seterr(SL_ERR_FORMAT, "tokenizer_config.json: %s must be a "
+                         "string, {\"content\": string} or null", key);
+    *out = v->valuestring;
+    return SL_OK;
+}
+
+/* The id of a special token's text, from added_tokens_decoder; -1 if not
+ * listed (or out of the vocabulary). */
+static int32_t token_id(const cJSON *j, const char *text, uint32_t n_vocab) {
+    const cJSON *atd = cJSON_GetObjectItemCaseSensitive(j, "added_tokens_decoder");
+    const cJSON *e;
+    if (!text || !cJSON_IsObject(atd)) return -1;
+    cJSON_ArrayForEach(e, atd) {
+        const cJSON *ct = cJSON_GetObjectItemCaseSensitive(e, "content");
+        if (!cJSON_IsString(ct) || strcmp(ct->valuestring, text) != 0) continue;
+        char *end;
+        long id = strtol(e->string, &end, 10);
+        if (*end || id < 0 || (uint64_t)id >= n_vocab) return -1;
+        return (int32_t)id;
+    }
+    return -1;
+}
+
+/* Builds the tokenizer-config section (docs/format.md):
+ * {"chat_template", "bos_token", "eos_token", "eos_token_ids",
+ *  "bos_token_id", "special_tokens"}, filling cfg's bos/eos ids from the special tokens when
+ * config.json and generation_config.json gave none. */
+static int build_tokenizer_config(const char *dir, struct sl_config *cfg,
+                                  char **out, size_t *out_len) {
+    char *txt = NULL, *jinja = NULL;
+    size_t len = 0, jlen = 0;
+    cJSON *tc = NULL, *o = NULL;
+    int rc = read_optional(dir, "tokenizer_config.json", &txt, &len);
+    if (!rc) rc = read_optional(dir, "chat_template.jinja", &jinja, &jlen);
+    if (rc) goto done;
+    if (txt) {
+        tc = cJSON_ParseWithLength(txt, len);
+        if (!cJSON_IsObject(tc)) {
+            rc = sl_seterr(SL_ERR_FORMAT, "%s/tokenizer_config.json: not a "
+                           "valid JSON object", dir);
+            goto done;
+        }
+    }
+    const char *tmpl = jinja, *bos = NULL, *eos = NULL;
+    if (tc) {
+        const cJSON *ct = cJSON_GetObjectItemCaseSensitive(tc, "chat_template");
+        if (cJSON_IsString(ct)) {
+            tmpl = ct->valuestring;
+        } else if (cJSON_IsArray(ct)) {
+            /* Older multi-template form: [{"name", "template"}]; take
+             * "default", else the first. */
+            const cJSON *e;
+            cJSON_ArrayForEach(e, ct) {
+                const cJSON *nm = cJSON_GetObjectItemCaseSensitive(e, "name");
+                const cJSON *tp = cJSON_GetObjectItemCaseSensitive(e, "template");
+                if (!cJSON_IsString(tp)) continue;
+                if (!tmpl || (cJSON_IsString(nm) &&
+                              strcmp(nm->valuestring, "default") == 0))
+                    tmpl = tp->valuestring;
+            }
+        } else if (ct && !cJSON_IsNull(ct)) {
+            rc = sl_seterr(SL_ERR_FORMAT, "%s/tokenizer_config.json: "
+                           "chat_template must be a string", dir);
+            goto done;
+        }
+        if ((rc = token_string(tc, "bos_token", &bos)) ||
+            (rc = token_string(tc, "eos_token", &eos)))
+            goto done;
+        int32_t id = token_id(tc, eos, cfg->n_vocab);
+        if (cfg->n_eos == 0 && id >= 0) cfg->eos_ids[cfg->n_eos++] = id;
+        id = token_id(tc, bos, cfg->n_vocab);
+        if (cfg->bos_id < 0 && id >= 0) cfg->bos_id = id;
+    }
+    o = cJSON_CreateObject();
+    int ok = o != NULL;
+    if (ok) {
+        ok &= (tmpl ? cJSON_AddStringToObject(o, "chat_template", tmpl)
+                    : cJSON_AddNullToObject(o, "chat_template")) != NULL;
+        ok &= (bos ? cJSON_AddStringToObject(o, "bos_token", bos)
+                   : cJSON_AddNullToObject(o, "bos_token")) != NULL;
+        ok &= (eos ? cJSON_AddStringToObject(o, "eos_token", eos)
+                   : cJSON_AddNullToObject(o, "eos_token")) != NULL;
+        cJSON *ids = cJSON_AddArrayToObject(o, "eos_token_ids");
+        ok &= ids != NULL;
+        for (uint32_t i = 0; ok && i < cfg->n_eos; i++)
+            ok &= cJSON_AddItemToArray(ids, cJSON_CreateNumber(cfg->eos_ids[i]));
+        ok &= (cfg->bos_id >= 0
+                   ? cJSON_AddNumberToObject(o, "bos_token_id", cfg->bos_id)
+                   : cJSON_AddNullToObject(o, "bos_token_id")) != NULL;
+        /* special_tokens: every "*_token" key of tokenizer_config.json whose
+         * value is a string or {"content": string} (bos, eos, pad, unk...). */
+        cJSON *sp = cJSON_AddObjectToObject(o, "special_tokens");
+        ok &= sp != NULL;
+        const cJSON *e;
+        if (ok && tc) cJSON_ArrayForEach(e, tc) {
+            size_t kl = strlen(e->string);
+            if (kl < 6 || strcmp(e->string + kl - 6, "_token") != 0) continue;
+            const cJSON *v = cJSON_IsObject(e)
+                                 ? cJSON_GetObjectItemCaseSensitive(e, "content")
+                                 : e;
+            if (cJSON_IsString(v))
+                ok &= cJSON_AddStringToObject(sp, e->string, v->valuestring) != NULL;
+        }
+    }
+    char *s = ok ? cJSON_PrintUnformatted(o) : NULL;
+    if (!s) {
+        rc = sl_seterr(SL_ERR_NOMEM, "tokenizer config: out of memory");
+        goto done;
+    }
+    *out_len = strlen(s);
+    *out = sl_malloc(*out_len + 1);
+    if (*out) memcpy(*out, s, *out_len + 1);
+    else rc = sl_seterr(SL_ERR_NOMEM, "tokenizer config: out of memory");
+    cJSON_free(s);
+done:
+    cJSON_Delete(o);
+    cJSON_Delete(tc);
+    sl_free(txt);
+    sl_free(jinja);
+    return rc;
+}
+
+/* config.json (required) and generation_config.json (optional) into cfg. */
+static int read_config(const char *dir, struct sl_config *cfg) {
+    char *txt;
+    size_t len;
+    char *p = sl_path_join(dir, "config.json");
+    if (!p) return sl_seterr(SL_ERR_NOMEM, "out of memory");
+    int rc = read_optional(dir, "config.json", &txt, &len);
+    if (!rc && !txt)
+        rc = sl_seterr(SL_ERR_CONFIG, "%s: not found; a HuggingFace checkpoint "
+                       "directory needs config.json", p);
+    if (!rc) {
+        rc = config_parse(cfg, txt, len);
+        if (rc) sl_preerr(rc, "%s: ", p);
+        cJSON *j = rc ? NULL : cJSON_ParseWithLength(txt, len);
+        const cJSON *qc = cJSON_GetObjectItemCaseSensitive(j, "quantization_config");
+        if (qc && !cJSON_IsNull(qc)) {
+            const cJSON *m = cJSON_GetObjectItemCaseSensitive(qc, "quant_method");
+            rc = sl_seterr(SL_ERR_UNSUPPORTED, "%s: quantized checkpoints "
+                           "(quantization_config.quant_method '%s') are not "
+                           "supported; convert from the bf16 release", p,
+                           cJSON_IsString(m) ? m->valuestring : "?");
+        }
+        cJSON_Delete(j);
+        sl_free(txt);
+    }
+    sl_free(p);
+    if (rc) return rc;
+    if ((rc = read_optional(dir, "generation_config.json", &txt, &len)))
+        return rc;
+    if (txt) {
+        rc = config_parse_generation(cfg, txt, len);
+        if (rc) sl_preerr(rc, "%s/generation_config.json: ", dir);
+        sl_free(txt);
+    }
+    return rc;
+}
+
+/* ---- entry point ---- */
+
+static int check_params(const struct sl_convert_params *p) {
+    if (p->expert_dtype != SL_DTYPE_BF16 && p->expert_dtype != SL_DTYPE_Q8 &&
+        p->expert_dtype != SL_DTYPE_Q4)
+        return sl_seterr(SL_ERR_ARG, "expert dtype %s is not supported for "
+                         "conversion (bf16, q8 or q4)",
+                         sl_dtype_name(p->expert_dtype));
+    if (p->dense_dtype != SL_DTYPE_BF16 && p->dense_dtype != SL_DTYPE_Q8 &&
+        p->dense_dtype != SL_DTYPE_F32)
+        return sl_seterr(SL_ERR_ARG, "dense dtype %s is not supported for "
+                         "conversion (bf16, q8 or f32)",
+                         sl_dtype_name(p->dense_dtype));
+    return SL_OK;
+}
+
+/* Warns about checkpoint tensors the model does not use (rotary inv_freq
+ * buffers, a tied lm_head, MTP heads, ...). */
+static void warn_unused(const struct conv *cv) {
+    uint32_t n = st_count(cv->st), skipped = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        if (cv->used[i]) continue;
+        if (skipped++ < 8)
+            sl_log(SL_LOG_WARN, "skipping tensor %s: not used by %s",
+                   st_at(cv->st, i)->name, cv->cfg.model_type);
+    }
+    if (skipped > 8)
+        sl_log(SL_LOG_WARN, "skipped %u unused tensors in all", skipped);
+}
+
+int sl_convert(const char *hf_dir, const char *out_path,
+               const struct sl_convert_params *params) {
+    if (!hf_dir || !out_path)
+        return sl_seterr(SL_ERR_ARG, "sl_convert: hf_dir and out_path are "
+                         "required");
+    struct conv cv;
+    memset(&cv, 0, sizeof cv);
+    cv.p = params ? *params : sl_convert_default_params();
+    char *manifest = NULL, *tok = NULL, *tokcfg = NULL;
+    size_t manifest_len = 0, tok_len = 0, tokcfg_len = 0;
+    int rc = check_params(&cv.p);
+    if (!rc) rc = read_config(hf_dir, &cv.cfg);
+    if (!rc) rc = build_tokenizer_config(hf_dir, &cv.cfg, &tokcfg, &tokcfg_len);
+    if (!rc) rc = read_optional(hf_dir, "tokenizer.json", &tok, &tok_len);
+    if (!rc && !tok)
+        sl_log(SL_LOG_WARN, "%s has no tokenizer.json: the model file will "
+               "take token ids only", hf_dir);
+    if (!rc)
+        rc = config_to_manifest(&cv.cfg, cv.p.expert_dtype, cv.p.dense_dtype,
+                                &manifest, &manifest_len);
+    if (!rc) rc = st_open_dir(hf_dir, &cv.st);
+    if (!rc && !(cv.used = sl_calloc(st_count(cv.st) + 1, 1)))
+        rc = sl_seterr(SL_ERR_NOMEM, "out of memory");
+    cv.pass = 1;
+    if (!rc) rc = walk(&cv); /* pass 1: names, dtypes, shapes */
+    if (!rc) {
+        warn_unused(&cv);
+        rc = writer_open(&cv.w, out_path);
+    }
+    if (!rc) rc = writer_set_section(cv.w, SL_SECTION_MANIFEST, manifest,
+                                     manifest_len);
+    if (!rc) rc = writer_set_section(cv.w, SL_SECTION_TOKENIZER_CONFIG, tokcfg,
+                                     tokcfg_len);
+    if (!rc && tok)
+        rc = writer_set_section(cv.w, SL_SECTION_TOKENIZER, tok, tok_len);
+    if (!rc) {
+        cv.pass = 2;
+        cv.last_draw = sl_now();
+        rc = walk(&cv); /* pass 2: convert and write */
+    }
+    if (cv.w) {
+        if (rc) {
+            /* Keep the message of the first failure across the cleanup. */
+            char msg[1024];
+            snprintf(msg, sizeof msg, "%s", sl_errmsg());
+            writer_close(cv.w, 0);
+            sl_seterr(rc, "%s", msg);
+        } else {
+            rc = writer_close(cv.w, 1);
+            if (!rc) {
+                cv.stage = "done";
+                cv.stage_layer = 0;
+                progress_draw(&cv, 1);
+            }
+        }
+        cv.w = NULL;
+    }
+    st_close(cv.st);
+    sl_free(cv.used);
+    sl_free(cv.chunk);
+    sl_free(manifest);
+    sl_free(tok);
+    sl_free(tokcfg);
+    return rc;
+}

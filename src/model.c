@@ -1,0 +1,244 @@
+/*
+ * model.c — opening a .sluice file as a model: validate the file (format.c),
+ * parse the manifest (config.c), bind every dense tensor by its HF name to
+ * its role with shape and dtype checked, load the embedded tokenizer, and
+ * create the expert store.
+ *
+ * Not here: the forward pass (forward.c) and per-sequence state (context.c).
+ * Invariant after sl_model_open succeeds: every struct weight points to
+ * rows * quant_row_bytes(dtype, cols) readable bytes inside the mapping, and
+ * every MoE layer has an expert table entry with the configured shapes.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#include "model.h"
+#include "quant.h"
+#include "tokenizer.h"
+#include "util.h"
+
+struct sl_model_params sl_model_default_params(void) {
+    struct sl_model_params p = {0};
+    p.n_threads = 0;
+    p.use_mlock = 0;
+    p.verify = 0;
+    return p;
+}
+
+/* Finds name and checks it is a matrix of (rows, cols) in a matrix dtype. */
+static int bind_matrix(struct sl_model *m, const char *name, uint64_t rows,
+                       uint64_t cols, struct weight *w) {
+    const struct sl_tensor_info *t = file_find_tensor(&m->file, name);
+    if (!t) return sl_seterr(SL_ERR_FORMAT, "missing tensor %s", name);
+    if (t->n_dims != 2 || t->dims[0] != rows || t->dims[1] != cols) {
+        char got[96];
+        int k = snprintf(got, sizeof got, "[");
+        for (int i = 0; i < t->n_dims && k < 80; i++)
+            k += snprintf(got + k, sizeof got - (size_t)k, "%s%llu", i ? ", " : "",
+                          (unsigned long long)t->dims[i]);
+        snprintf(got + k, sizeof got - (size_t)k, "]");
+        return sl_seterr(SL_ERR_FORMAT, "tensor %s: expected [%llu, %llu], got %s",
+                         name, (unsigned long long)rows,
+                         (unsigned long long)cols, got);
+    }
+    if (quant_row_bytes(t->dtype, cols) * rows != t->size)
+        return sl_seterr(SL_ERR_FORMAT, "tensor %s: %llu bytes do not match %s [%llu, %llu]",
+                         name, (unsigned long long)t->size,
+                         sl_dtype_name(t->dtype), (unsigned long long)rows,
+                         (unsigned long long)cols);
+    w->data = m->file.map + t->offset;
+    w->dtype = t->dtype;
+    w->rows = rows;
+    w->cols = cols;
+    return SL_OK;
+}
+
+/* Finds name and checks it is an f32 vector of n elements. optional: absent
+ * gives *out = NULL and SL_OK. */
+static int bind_vector(struct sl_model *m, const char *name, uint64_t n,
+                       int optional, const float **out) {
+    *out = NULL;
+    const struct sl_tensor_info *t = file_find_tensor(&m->file, name);
+    if (!t) {
+        if (optional) return SL_OK;
+        return sl_seterr(SL_ERR_FORMAT, "missing tensor %s", name);
+    }
+    if (t->n_dims != 1 || t->dims[0] != n || t->dtype != SL_DTYPE_F32)
+        return sl_seterr(SL_ERR_FORMAT,
+                         "tensor %s: expected f32 [%llu], got %s [%llu%s]", name,
+                         (unsigned long long)n, sl_dtype_name(t->dtype),
+                         (unsigned long long)t->dims[0], t->n_dims > 1 ? ", ..." : "");
+    *out = (const float *)(m->file.map + t->offset);
+    return SL_OK;
+}
+
+static int check_expert_layer(const struct sl_model *m, uint32_t l) {
+    const struct sl_config *c = &m->cfg;
+    const struct sl_expert_layer *el = file_expert_layer(&m->file, l);
+    if (!el) return sl_seterr(SL_ERR_FORMAT, "layer %u: no expert records", l);
+    if (el->n_experts != c->n_experts)
+        return sl_seterr(SL_ERR_FORMAT, "layer %u: %u expert records, config says %u",
+                         l, el->n_experts, c->n_experts);
+    const uint64_t want[3][2] = {{c->moe_ffn, c->hidden},
+                                 {c->moe_ffn, c->hidden},
+                                 {c->hidden, c->moe_ffn}};
+    static const char *names[3] = {"gate", "up", "down"};
+    for (int i = 0; i < 3; i++)
+        if (el->part[i].rows != want[i][0] || el->part[i].cols != want[i][1])
+            return sl_seterr(SL_ERR_FORMAT,
+                             "layer %u experts: %s expected [%llu, %llu], got [%llu, %llu]",
+                             l, names[i], (unsigned long long)want[i][0],
+                             (unsigned long long)want[i][1],
+                             (unsigned long long)el->part[i].rows,
+                             (unsigned long long)el->part[i].cols);
+    return SL_OK;
+}
+
+static int bind_layer(struct sl_model *m, uint32_t l) {
+    const struct sl_config *c = &m->cfg;
+    struct layer_weights *L = &m->layers[l];
+    char n[SL_MAX_NAME + 1];
+    int st;
+#define NAME(suffix) (snprintf(n, sizeof n, "model.layers.%u.%s", l, suffix), n)
+    if ((st = bind_vector(m, NAME("input_layernorm.weight"), c->hidden, 0, &L->attn_norm)) ||
+        (st = bind_vector(m, NAME("post_attention_layernorm.weight"), c->hidden, 0, &L->ffn_norm)) ||
+        (st = bind_matrix(m, NAME("self_attn.q_proj.weight"), config_q_dim(c), c->hidden, &L->wq)) ||
+        (st = bind_matrix(m, NAME("self_attn.k_proj.weight"), config_kv_dim(c), c->hidden, &L->wk)) ||
+        (st = bind_matrix(m, NAME("self_attn.v_proj.weight"), config_kv_dim(c), c->hidden, &L->wv)) ||
+        (st = bind_matrix(m, NAME("self_attn.o_proj.weight"), c->hidden, config_q_dim(c), &L->wo)) ||
+        (st = bind_vector(m, NAME("self_attn.q_norm.weight"), c->head_dim, 0, &L->q_norm)) ||
+        (st = bind_vector(m, NAME("self_attn.k_norm.weight"), c->head_dim, 0, &L->k_norm)))
+        return st;
+    int opt = !c->attention_bias;
+    if ((st = bind_vector(m, NAME("self_attn.q_proj.bias"), config_q_dim(c), opt, &L->bq)) ||
+        (st = bind_vector(m, NAME("self_attn.k_proj.bias"), config_kv_dim(c), opt, &L->bk)) ||
+        (st = bind_vector(m, NAME("self_attn.v_proj.bias"), config_kv_dim(c), opt, &L->bv)) ||
+        (st = bind_vector(m, NAME("self_attn.o_proj.bias"), c->hidden, 1, &L->bo)))
+        return st;
+    if (c->layer_is_moe[l]) {
+        if ((st = bind_matrix(m, NAME("mlp.gate.weight"), c->n_experts, c->hidden, &L->router)))
+            return st;
+        return check_expert_layer(m, l);
+    }
+    if ((st = bind_matrix(m, NAME("mlp.gate_proj.weight"), c->ffn, c->hidden, &L->w_gate)) ||
+        (st = bind_matrix(m, NAME("mlp.up_proj.weight"), c->ffn, c->hidden, &L->w_up)) ||
+        (st = bind_matrix(m, NAME("mlp.down_proj.weight"), c->hidden, c->ffn, &L->w_down)))
+        return st;
+    return SL_OK;
+#undef NAME
+}
+
+static int bind_model(struct sl_model *m) {
+    const struct sl_config *c = &m->cfg;
+    int st;
+    if ((st = bind_matrix(m, "model.embed_tokens.weight", c->n_vocab, c->hidden, &m->embed)) ||
+        (st = bind_vector(m, "model.norm.weight", c->hidden, 0, &m->final_norm)))
+        return st;
+    if (c->tie_embeddings) {
+        m->lm_head = m->embed;
+    } else if ((st = bind_matrix(m, "lm_head.weight", c->n_vocab, c->hidden, &m->lm_head))) {
+        return st;
+    }
+    m->layers = sl_calloc(c->n_layers, sizeof *m->layers);
+    if (!m->layers) return sl_seterr(SL_ERR_NOMEM, "out of memory binding layers");
+    for (uint32_t l = 0; l < c->n_layers; l++)
+        if ((st = bind_layer(m, l))) return st;
+    return SL_OK;
+}
+
+/* Locks every dense tensor in RAM (best effort is not enough: failure is an
+ * error, since the user asked for it). */
+static int lock_dense(struct sl_model *m) {
+    for (uint32_t i = 0; i < m->file.n_tensors; i++) {
+        const struct sl_tensor_info *t = &m->file.tensors[i];
+        uintptr_t a = (uintptr_t)(m->file.map + t->offset) & ~(uintptr_t)4095;
+        uintptr_t b = (uintptr_t)(m->file.map + t->offset + t->size);
+        if (mlock((void *)a, b - a) != 0)
+            return sl_seterr(SL_ERR_IO,
+                             "mlock of dense tensors failed (%s); HINT: raise "
+                             "ulimit -l or run without --mlock",
+                             strerror(errno));
+    }
+    return SL_OK;
+}
+
+int sl_model_open(const char *path, const struct sl_model_params *params,
+                  struct sl_model **out) {
+    if (!path || !out) return sl_seterr(SL_ERR_ARG, "sl_model_open: NULL argument");
+    *out = NULL;
+    struct sl_model *m = sl_calloc(1, sizeof *m);
+    if (!m) return sl_seterr(SL_ERR_NOMEM, "out of memory opening %s", path);
+    m->file.fd = -1;
+    m->params = params ? *params : sl_model_default_params();
+    int st = file_open(&m->file, path, m->params.verify);
+    if (st) goto fail;
+    st = config_parse(&m->cfg, m->file.manifest, m->file.manifest_len);
+    if (st) {
+        sl_preerr(st, "manifest: ");
+        goto fail;
+    }
+    if ((st = bind_model(m))) goto fail;
+    if (m->file.tokenizer) {
+        st = tokenizer_load_json(m->file.tokenizer, m->file.tokenizer_len, &m->tok);
+        if (st) {
+            sl_preerr(st, "embedded tokenizer: ");
+            goto fail;
+        }
+        int32_t nt = sl_tokenizer_n_vocab(m->tok);
+        if (nt > (int32_t)m->cfg.n_vocab) {
+            st = sl_seterr(SL_ERR_FORMAT,
+                           "embedded tokenizer has %d tokens but the model's vocabulary is %u",
+                           nt, m->cfg.n_vocab);
+            goto fail;
+        }
+    }
+    if ((st = expert_store_create(&m->file, &m->experts))) goto fail;
+    if (m->params.use_mlock && (st = lock_dense(m))) goto fail;
+    const struct sl_config *c = &m->cfg;
+    uint32_t n_moe = 0;
+    for (uint32_t l = 0; l < c->n_layers; l++) n_moe += c->layer_is_moe[l];
+    snprintf(m->desc, sizeof m->desc,
+             "%s, %u layers (%u MoE), hidden %u, %u/%u heads x %u, %u experts top-%u "
+             "ffn %u, vocab %u",
+             c->model_type, c->n_layers, n_moe, c->hidden, c->n_heads,
+             c->n_kv_heads, c->head_dim, c->n_experts, c->n_experts_used,
+             c->moe_ffn, c->n_vocab);
+    *out = m;
+    return SL_OK;
+fail:
+    sl_preerr(st, "%s: ", path);
+    sl_model_close(m);
+    return st;
+}
+
+void sl_model_close(struct sl_model *m) {
+    if (!m) return;
+    expert_store_free(m->experts);
+    sl_tokenizer_free(m->tok);
+    sl_free(m->layers);
+    file_close(&m->file);
+    sl_free(m);
+}
+
+int32_t sl_model_n_vocab(const struct sl_model *m) { return (int32_t)m->cfg.n_vocab; }
+int32_t sl_model_n_ctx_train(const struct sl_model *m) { return (int32_t)m->cfg.n_ctx_train; }
+const char *sl_model_desc(const struct sl_model *m) { return m->desc; }
+uint64_t sl_model_expert_bytes(const struct sl_model *m) { return m->file.expert_bytes; }
+uint64_t sl_model_dense_bytes(const struct sl_model *m) { return m->file.dense_bytes; }
+const struct sl_tokenizer *sl_model_tokenizer(const struct sl_model *m) { return m->tok; }
+
+size_t sl_model_eos_ids(const struct sl_model *m, const int32_t **ids) {
+    *ids = m->cfg.eos_ids;
+    return m->cfg.n_eos;
+}
+
+uint64_t sl_model_active_dense_bytes(const struct sl_model *m) {
+    uint64_t total = m->file.dense_bytes;
+    if (!m->cfg.tie_embeddings) {
+        uint64_t table = m->embed.rows * quant_row_bytes(m->embed.dtype, m->embed.cols);
+        total = total - table + quant_row_bytes(m->embed.dtype, m->embed.cols);
+    }
+    return total;
+}
