@@ -646,6 +646,7 @@ int sl_convert(const char *hf_dir, const char *out_path,
             snprintf(msg, sizeof msg, "%s", sl_errmsg());
             writer_close(cv.w, 0);
             sl_seterr(rc, "%s", msg);
+            if (cv.p.progress && cv.pass == 2) fputc('\n', stderr); /* end the bar */
         } else {
             rc = writer_close(cv.w, 1);
             if (!rc) {

@@ -818,7 +818,6 @@ TEST(test_alloc_failures) {
     CHECK_MSG(rc == SL_OK, "never succeeded (n = %d)", n);
     CHECK(n > 10);
     printf("  alloc failure points exercised: %d\n", n - 1);
-    sl_set_log(NULL, NULL, SL_LOG_WARN);
     rm_dir(dir);
 }
 

@@ -155,13 +155,35 @@ struct mm_job {
     int n, rows, cols;
 };
 
+/* Quantizes input i; with interleave, each group of 4 blocks is stored as
+ * [q0..15 of blocks 0-3 | q16..31 of blocks 0-3] (ops_kern.h). */
+static void quant_one(const struct mm_job *j, int i, int interleave) {
+    int nb = j->cols / 32;
+    const float *x = j->X + (size_t)i * j->cols;
+    int8_t *q = j->q + (size_t)i * j->act.q_stride;
+    float *d = j->d + (size_t)i * nb, *s = j->s + (size_t)i * nb,
+          *t = j->t + (size_t)i * nb;
+    if (!interleave) {
+        ops_quantize_act(x, q, d, s, t, j->cols);
+        return;
+    }
+    for (int b0 = 0; b0 < nb; b0 += 4) {
+        int8_t tmp[128];
+        int cnt = nb - b0 < 4 ? nb - b0 : 4;
+        memset(tmp, 0, sizeof tmp);
+        ops_quantize_act(x + 32 * b0, tmp, d + b0, s + b0, t + b0, 32 * cnt);
+        int8_t *g = q + 32 * b0;
+        for (int k = 0; k < 4; k++) {
+            memcpy(g + 16 * k, tmp + 32 * k, 16);
+            memcpy(g + 64 + 16 * k, tmp + 32 * k + 16, 16);
+        }
+    }
+}
+
 static void mm_quant_work(void *arg, int ith, int nth) {
     struct mm_job *j = arg;
-    int nb = j->cols / 32;
-    for (int i = ith; i < j->n; i += nth)
-        ops_quantize_act(j->X + (size_t)i * j->cols, j->q + (size_t)i * j->cols,
-                         j->d + (size_t)i * nb, j->s + (size_t)i * nb,
-                         j->t + (size_t)i * nb, j->cols);
+    int il = j->k->q4_interleave && j->dtype == SL_DTYPE_Q4;
+    for (int i = ith; i < j->n; i += nth) quant_one(j, i, il);
 }
 
 static void mm_work(void *arg, int ith, int nth) {
@@ -185,7 +207,8 @@ int ops_matmul_kern(const struct ops_kernels *k, struct sl_pool *pool,
         .act = {.f = X}, .X = X, .Y = Y, .n = n, .rows = rows, .cols = cols,
     };
     if (k->int8_act && (dtype == SL_DTYPE_Q8 || dtype == SL_DTYPE_Q4)) {
-        size_t nq = sl_align_up((uint64_t)n * cols, 64);
+        int q_stride = (int)sl_align_up((uint64_t)cols, 128);
+        size_t nq = (size_t)n * q_stride;
         size_t nbn = (size_t)n * (cols / 32);
         uint8_t *buf = pool_scratch(pool, nq + 3 * nbn * sizeof(float));
         if (!buf) return SL_ERR_NOMEM;
@@ -193,10 +216,12 @@ int ops_matmul_kern(const struct ops_kernels *k, struct sl_pool *pool,
         j.d = (float *)(buf + nq);
         j.s = j.d + nbn;
         j.t = j.s + nbn;
+        j.act.q_stride = q_stride;
         /* Quantizing one input costs ~1 us: not worth waking the pool. */
         if (n == 1) mm_quant_work(&j, 0, 1);
         else pool_run(pool, mm_quant_work, &j);
-        j.act = (struct ops_act){.q = j.q, .d = j.d, .s = j.s, .t = j.t};
+        j.act = (struct ops_act){.q = j.q, .q_stride = q_stride, .d = j.d,
+                                 .s = j.s, .t = j.t};
     }
     pool_run(pool, mm_work, &j);
     return SL_OK;

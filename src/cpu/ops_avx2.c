@@ -132,11 +132,11 @@ static void rows_avx2(int dtype, const uint8_t *w, uint64_t row_bytes,
             case SL_DTYPE_F16: *y = dot_f16_row(wrow, xf, cols); break;
             case SL_DTYPE_BF16: *y = dot_bf16_row(wrow, xf, cols); break;
             case SL_DTYPE_Q8:
-                *y = dot_q8(wrow, x->q + (size_t)i * cols, x->d + (size_t)i * nb,
+                *y = dot_q8(wrow, x->q + (size_t)i * x->q_stride, x->d + (size_t)i * nb,
                             cols);
                 break;
             case SL_DTYPE_Q4:
-                *y = dot_q4(wrow, x->q + (size_t)i * cols, x->d + (size_t)i * nb,
+                *y = dot_q4(wrow, x->q + (size_t)i * x->q_stride, x->d + (size_t)i * nb,
                             x->s + (size_t)i * nb, x->t + (size_t)i * nb, cols);
                 break;
             }

@@ -103,15 +103,11 @@ static inline __m512 pair_scale(__m512 sc, int k) {
     return _mm512_permutexvar_ps(_mm512_add_epi32(base, _mm512_set1_epi32(k)), sc);
 }
 
-/* The nibbles of two Q4 blocks (32 bytes) as 64 bytes in element order:
- * [block0 q0..31 | block1 q0..31] (byte j holds q[j] low, q[j+16] high). */
-static inline __m512i q4_unpack_pair(__m256i v) {
-    const __m256i m4 = _mm256_set1_epi8(0x0f);
-    const __m512i perm = _mm512_set_epi64(11, 10, 3, 2, 9, 8, 1, 0);
-    __m256i lo = _mm256_and_si256(v, m4);
-    __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
-    return _mm512_permutex2var_epi64(_mm512_castsi256_si512(lo), perm,
-                                     _mm512_castsi256_si512(hi));
+/* Scale vector of quad k of a 16-block group: lanes 4j..4j+3 = sc[k+j]. */
+static inline __m512 quad_scale(__m512 sc, int k) {
+    const __m512i base = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0,
+                                          0, 0, 0);
+    return _mm512_permutexvar_ps(_mm512_add_epi32(base, _mm512_set1_epi32(k)), sc);
 }
 
 #define QK_SUFFIX _plain
@@ -134,6 +130,7 @@ const struct ops_kernels ops_kernels_avx512 = {
     .name = "avx512",
     .rows = rows_plain,
     .int8_act = 1,
+    .q4_interleave = 1,
     .dot = dot_f32,
     .axpy = axpy,
 };
@@ -142,6 +139,7 @@ const struct ops_kernels ops_kernels_avx512_vnni = {
     .name = "avx512-vnni",
     .rows = rows_vnni,
     .int8_act = 1,
+    .q4_interleave = 1,
     .dot = dot_f32,
     .axpy = axpy,
 };

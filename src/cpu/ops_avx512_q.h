@@ -8,9 +8,11 @@
  *
  * Both read quant.h's row layout directly: Q8 = [cols int8][cols/32 f16 d],
  * Q4 = [cols/2 nibble bytes][cols/32 f16 d][cols/32 f16 m], and the int8
- * activations of ops_quantize_act. Work goes by pairs of 32-blocks (one
- * 512-bit register); block scales d_w * d_x are computed 16 blocks at a time
- * and spread over a pair's lanes with one permute.
+ * activations of ops_quantize_act. Q8 goes by pairs of 32-blocks (one
+ * 512-bit register), Q4 by quads (one 64-byte load of nibbles, against x in
+ * the interleaved order of ops_kern.h, which saves the nibble shuffle);
+ * block scales d_w * d_x are computed 16 blocks at a time and spread over
+ * the lanes with one permute.
  */
 #define QK_CAT2(a, b) a##b
 #define QK_CAT(a, b) QK_CAT2(a, b)
@@ -68,6 +70,20 @@ QK_ATTR static float QK_FN(dot_q8)(const uint8_t *wrow, const int8_t *xq,
     return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
 }
 
+/* 16 int32: lanes 4j..4j+3 sum block j of the quad (x interleaved). */
+QK_ATTR static inline __m512i QK_FN(dp_q4quad)(__m512i v, const int8_t *x) {
+    const __m512i m4 = _mm512_set1_epi8(0x0f);
+    __m512i lo = _mm512_and_si512(v, m4);
+    __m512i hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+    __m512i xl = _mm512_loadu_si512(x), xh = _mm512_loadu_si512(x + 64);
+#if QK_VNNI
+    return _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, xl),
+                               hi, xh);
+#else
+    return _mm512_add_epi32(QK_FN(dp_u8s8)(lo, xl), QK_FN(dp_u8s8)(hi, xh));
+#endif
+}
+
 QK_ATTR static float QK_FN(dot_q4)(const uint8_t *wrow, const int8_t *xq,
                                    const float *xd, const float *xs,
                                    const float *xt, int cols) {
@@ -86,27 +102,26 @@ QK_ATTR static float QK_FN(dot_q4)(const uint8_t *wrow, const int8_t *xq,
             _mm512_maskz_loadu_ps(m, xs + g), accm);
         acct = _mm512_fmadd_ps(dw, _mm512_maskz_loadu_ps(m, xt + g), acct);
         __m512 sc = _mm512_mul_ps(dw, _mm512_maskz_loadu_ps(m, xd + g));
+        /* Quads of blocks: one 64-byte load holds 4 blocks' nibbles; low
+         * nibbles meet x's interleaved first halves, high the second. */
         const uint8_t *wp = wrow + 16 * g;
         const int8_t *xp = xq + 32 * g;
         int k = 0;
-        for (; k + 4 <= cnt; k += 4) {
-            __m512i z0 = q4_unpack_pair(_mm256_loadu_si256((const void *)(wp + 16 * k)));
-            __m512i z1 =
-                q4_unpack_pair(_mm256_loadu_si256((const void *)(wp + 16 * k + 32)));
-            __m512i p0 = QK_FN(dp_u8s8)(z0, _mm512_loadu_si512(xp + 32 * k));
-            __m512i p1 = QK_FN(dp_u8s8)(z1, _mm512_loadu_si512(xp + 32 * k + 64));
-            acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p0), pair_scale(sc, k), acc0);
-            acc1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p1), pair_scale(sc, k + 2),
+        for (; k + 8 <= cnt; k += 8) {
+            __m512i v0 = _mm512_loadu_si512(wp + 16 * k);
+            __m512i v1 = _mm512_loadu_si512(wp + 16 * k + 64);
+            __m512i p0 = QK_FN(dp_q4quad)(v0, xp + 32 * k);
+            __m512i p1 = QK_FN(dp_q4quad)(v1, xp + 32 * k + 128);
+            acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p0), quad_scale(sc, k), acc0);
+            acc1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p1), quad_scale(sc, k + 4),
                                    acc1);
         }
-        for (; k < cnt; k += 2) {
-            int two = cnt - k >= 2;
-            __m256i v = _mm256_maskz_loadu_epi8(two ? 0xffffffffu : 0xffffu,
-                                                wp + 16 * k);
-            __m512i x = _mm512_maskz_loadu_epi8(
-                two ? ~(__mmask64)0 : (__mmask64)0xffffffffu, xp + 32 * k);
-            __m512i p = QK_FN(dp_u8s8)(q4_unpack_pair(v), x);
-            acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), pair_scale(sc, k), acc0);
+        for (; k < cnt; k += 4) {
+            int left = cnt - k < 4 ? cnt - k : 4;
+            __mmask64 lm = left == 4 ? ~(__mmask64)0 : ((__mmask64)1 << (16 * left)) - 1;
+            __m512i v = _mm512_maskz_loadu_epi8(lm, wp + 16 * k);
+            __m512i p = QK_FN(dp_q4quad)(v, xp + 32 * k);
+            acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), quad_scale(sc, k), acc0);
         }
     }
     return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1)) +
@@ -123,11 +138,11 @@ QK_ATTR static void QK_FN(rows)(int dtype, const uint8_t *w, uint64_t row_bytes,
             float *y = Y + (size_t)i * rows + r;
             switch (dtype) {
             case SL_DTYPE_Q8:
-                *y = QK_FN(dot_q8)(wrow, x->q + (size_t)i * cols,
+                *y = QK_FN(dot_q8)(wrow, x->q + (size_t)i * x->q_stride,
                                    x->d + (size_t)i * nb, cols);
                 break;
             case SL_DTYPE_Q4:
-                *y = QK_FN(dot_q4)(wrow, x->q + (size_t)i * cols,
+                *y = QK_FN(dot_q4)(wrow, x->q + (size_t)i * x->q_stride,
                                    x->d + (size_t)i * nb, x->s + (size_t)i * nb,
                                    x->t + (size_t)i * nb, cols);
                 break;

@@ -18,8 +18,13 @@ struct sl_pool;
 struct ops_act {
     const float *f;  /* (n, cols) float inputs: F32/F16/BF16, and every
                         dtype on the scalar path */
-    const int8_t *q; /* (n, cols) int8 inputs for Q8/Q4 on SIMD paths:
-                        x ~= d[block] * q */
+    const int8_t *q; /* (n, q_stride) int8 inputs for Q8/Q4 on SIMD paths:
+                        x ~= d[block] * q; in element order, or for Q4 on
+                        kernels with q4_interleave: per group of 4 blocks
+                        (128 bytes) first q0..15 of the 4 blocks, then
+                        q16..31 of the 4 blocks, zero-padded to a whole
+                        group */
+    int q_stride;    /* bytes between inputs in q */
     const float *d;  /* (n, cols/32) block scales of q */
     const float *s;  /* (n, cols/32) exact float sums of x over each block
                         (the Q4 "+ m" term) */
@@ -36,7 +41,9 @@ typedef void (*ops_rows_fn)(int dtype, const uint8_t *w, uint64_t row_bytes,
 struct ops_kernels {
     const char *name;
     ops_rows_fn rows;
-    int int8_act;  /* Q8/Q4 want ops_act.q/d/s (else ops_act.f) */
+    int int8_act;  /* Q8/Q4 want ops_act.q/d/s/t (else ops_act.f) */
+    int q4_interleave; /* Q4 wants ops_act.q in the 4-block interleaved
+                          order (one 64-byte nibble load = 4 blocks) */
     float (*dot)(const float *a, const float *b, int n);
     void (*axpy)(float *y, float a, const float *x, int n); /* y += a x */
 };

@@ -1,7 +1,7 @@
 /*
  * fuzz_format.c — libFuzzer target for the .sluice reader (file_open).
  * Build (from the repository root; `make fuzz` will do this):
- *   clang -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined -Iinclude -Isrc tests/fuzz/fuzz_format.c src/format.c src/quant.c src/util.c -lm -o build/fuzz_format && build/fuzz_format -max_total_time=30 tests/fuzz/corpus/format
+ *   clang -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined -Iinclude -Isrc tests/fuzz/fuzz_format.c src/format.c src/format_write.c src/quant.c src/util.c -lm -o build/fuzz_format && mkdir -p build/fuzz_corpus && build/fuzz_format -max_total_time=30 build/fuzz_corpus tests/fuzz/corpus/format
  *
  * Each input is written to a memfd and opened through /proc/self/fd/N, the
  * way a real file is (open, fstat, mmap). The low bit of the first byte
