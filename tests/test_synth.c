@@ -316,9 +316,29 @@ TEST(test_skew_fit) {
         CHECK_MSG(fabs(gini[l] - t) <= 0.05, "layer %u: gini %.3f, target "
                   "%.3f", l, gini[l], t);
     }
-    CHECK_MSG(tmax - tmin > 0.02, "targets do not vary: %g..%g", tmin, tmax);
+    CHECK_MSG(tmax - tmin > 0.1, "targets do not vary: %g..%g", tmin, tmax);
+    /* Stratified: the targets' median is the requested skew. */
+    double t6[6];
+    for (uint32_t l = 0; l < 6; l++) t6[l] = synth_layer_target(&p, l);
+    for (int i = 0; i < 6; i++) /* insertion sort */
+        for (int j = i; j > 0 && t6[j] < t6[j - 1]; j--) {
+            double x = t6[j];
+            t6[j] = t6[j - 1];
+            t6[j - 1] = x;
+        }
+    CHECK_NEAR(0.5 * (t6[2] + t6[3]), 0.4, 0.02);
+    CHECK_EQ_INT(r.n_capped, 0);
+    CHECK_EQ_INT(synth_layer_target(&p, 6), 0); /* out of range */
     CHECK(r.gini_min <= r.gini_median && r.gini_median <= r.gini_max);
-    CHECK(r.gini_max - r.gini_min > 0.02);
+    CHECK(r.gini_max - r.gini_min > 0.1);
+    CHECK_NEAR(r.gini_median, 0.4, 0.03);
+
+    /* A target above the reach of 4 experts top-2 is capped and counted. */
+    struct synth_params q = tiny();
+    q.skew = 0.8f;
+    CHECK_EQ_INT(synth_write(&q, path, &r), SL_OK);
+    CHECK(r.n_capped > 0);
+    CHECK(r.gini_max < 0.8 * 1.27);
 
     /* skew 0: uniform usage. */
     p.skew = 0;
@@ -463,6 +483,31 @@ TEST(test_bad_params) {
     CHECK(rc != SL_OK);
     CHECK_MSG(strstr(sl_errmsg(), "nonexistent-dir") != NULL, "%s",
               sl_errmsg());
+}
+
+TEST(test_alloc_failures) {
+    /* Every allocation failure is reported (no crash, no file left); the
+     * countdown eventually passes all of them. */
+    const char *path = tmp_path("oom.sluice");
+    char tmp[300];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    struct synth_params p = tiny();
+    p.n_threads = 1;
+    int rc = -1;
+    long n;
+    for (n = 1; n < 2000 && rc != SL_OK; n++) {
+        sl_alloc_fail_after(n);
+        rc = synth_write(&p, path, NULL);
+        sl_alloc_fail_after(0);
+        if (rc != SL_OK) {
+            CHECK_MSG(sl_errmsg()[0] != 0, "allocation %ld: no message", n);
+            CHECK_MSG(!exists(path) && !exists(tmp), "allocation %ld: file "
+                      "left behind", n);
+        }
+    }
+    CHECK_MSG(rc == SL_OK, "still failing after %ld allocations", n);
+    CHECK(n > 5);
+    unlink(path);
 }
 
 TEST_MAIN()

@@ -129,12 +129,13 @@ int cli_synth(int argc, char **argv) {
     fprintf(stderr,
             "sluice synth: %s -> %s: qwen3_moe, %u layers, hidden %u, %u "
             "experts top-%u, experts %s, dense %s, seed %llu, skew %.2f "
-            "(gini %.3f..%.3f, median %.3f): %.3f GB (experts %.3f GB, "
+            "(gini %.3f..%.3f, median %.3f%s): %.3f GB (experts %.3f GB, "
             "dense %.3f GB) in %.1f s\n",
             preset, out, c->n_layers, c->hidden, c->n_experts,
             c->n_experts_used, sl_dtype_name(p.expert_dtype),
             sl_dtype_name(p.dense_dtype), (unsigned long long)p.seed,
             (double)p.skew, r.gini_min, r.gini_max, r.gini_median,
+            r.n_capped ? ", some layer targets capped at reach" : "",
             (double)r.file_bytes / 1e9, (double)r.expert_bytes / 1e9,
             (double)r.dense_bytes / 1e9, r.seconds);
     return 0;

@@ -50,6 +50,8 @@ QK_ATTR static float QK_FN(dot_q8)(const uint8_t *wrow, const int8_t *xq,
         const int8_t *wp = wq + 32 * g, *xp = xq + 32 * g;
         int k = 0;
         for (; k + 4 <= cnt; k += 4) {
+            _mm_prefetch((const char *)wp + 32 * k + OPS_PREFETCH, _MM_HINT_T0);
+            _mm_prefetch((const char *)wp + 32 * k + OPS_PREFETCH + 64, _MM_HINT_T0);
             __m512i p0 = QK_FN(dp_q8)(_mm512_loadu_si512(wp + 32 * k),
                                       _mm512_loadu_si512(xp + 32 * k));
             __m512i p1 = QK_FN(dp_q8)(_mm512_loadu_si512(wp + 32 * k + 64),
@@ -108,6 +110,8 @@ QK_ATTR static float QK_FN(dot_q4)(const uint8_t *wrow, const int8_t *xq,
         const int8_t *xp = xq + 32 * g;
         int k = 0;
         for (; k + 8 <= cnt; k += 8) {
+            _mm_prefetch((const char *)wp + 16 * k + OPS_PREFETCH, _MM_HINT_T0);
+            _mm_prefetch((const char *)wp + 16 * k + OPS_PREFETCH + 64, _MM_HINT_T0);
             __m512i v0 = _mm512_loadu_si512(wp + 16 * k);
             __m512i v1 = _mm512_loadu_si512(wp + 16 * k + 64);
             __m512i p0 = QK_FN(dp_q4quad)(v0, xp + 32 * k);

@@ -119,7 +119,9 @@ void ops_quantize_act(const float *x, int8_t *q, float *d, float *s, float *t,
         for (int i = 0; i < 32; i++) {
             float v = xb[i] * id; /* |v| <= 127 up to rounding */
             v = v > 127.0f ? 127.0f : v < -127.0f ? -127.0f : v;
-            q[32 * b + i] = (int8_t)lrintf(v);
+            /* Round to nearest even by the 1.5 * 2^23 trick: same as lrintf
+             * for |v| < 2^22, but the loop vectorizes (no libm call). */
+            q[32 * b + i] = (int8_t)(int)((v + 12582912.0f) - 12582912.0f);
         }
         float err = 0;
         for (int i = 0; i < 32; i++) err += xb[i] - db * (float)q[32 * b + i];

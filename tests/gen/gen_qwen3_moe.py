@@ -50,6 +50,8 @@ MIN_DISTINCT = 4           # distinct ids among the greedy tokens
 # ties often enough that rounding alone flips experts and drops the cosine
 # below the test's bounds (0.999 / 0.99) for some seeds; such a fixture
 # could not tell a good engine from a bad one, so the seed is skipped.
+ROUTER_SCALE = float(os.environ.get("ROUTER_SCALE", "1"))
+BRANCH_SCALE = float(os.environ.get("BRANCH_SCALE", "0.3"))
 MIN_IDEAL_Q8_COS = 0.9997
 MIN_IDEAL_Q4_COS = 0.993
 MAX_TRIES = 64
@@ -151,6 +153,17 @@ def init_weights(model, gen):
             # logits and greedy decoding repeats one token forever.
             std = 0.03 if model.config.tie_word_embeddings else 0.5
             v = std * torch.randn(p.shape, generator=gen)
+        elif name.endswith("mlp.gate.weight"):
+            # Router logits of std ~ROUTER_SCALE: a confident router, as in
+            # trained models, whose k-th expert carries a small weight.
+            v = ROUTER_SCALE / p.shape[-1] ** 0.5 * torch.randn(
+                p.shape, generator=gen)
+        elif "o_proj" in name or "down_proj" in name:
+            # Residual branches: each layer adds a small update to the
+            # residual stream, as in trained models (GPT-2 style scaled
+            # init), so one flipped expert is a small change to the logits.
+            v = BRANCH_SCALE / p.shape[-1] ** 0.5 * torch.randn(
+                p.shape, generator=gen)
         elif "lm_head" in name:
             v = 1.5 / p.shape[-1] ** 0.5 * torch.randn(p.shape, generator=gen)
         else:
