@@ -47,7 +47,7 @@ printf 'NOTASLUICEFILE%.0s' $(seq 10) > "$T/junk.sluice"
 expect 1 "magic" -- $S run -m "$T/junk.sluice" -p hi
 
 # logits: n_tokens x n_vocab float32 rows; --generate prints JSON on stdout
-nv=$($S inspect "$T/tiny.sluice" | sed -n 's/.*"vocab_size": *\([0-9]*\).*/\1/p' | head -1)
+nv=$($S inspect "$T/tiny.sluice" | sed -n 's/.*"vocab_size":[[:space:]]*\([0-9]*\).*/\1/p' | head -1)
 if $S logits -m "$T/tiny.sluice" --tokens 1,2,3 -o "$T/l.f32" --generate 4 >"$T/gen.json" 2>"$T/err"; then
   sz=$(stat -c %s "$T/l.f32")
   [ -n "$nv" ] && [ "$sz" -eq $((3 * nv * 4)) ] && ok || bad "logits file has $sz bytes, want 3*$nv*4"
