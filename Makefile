@@ -8,10 +8,14 @@ CC      ?= cc
 BUILD   ?= build
 OPT     ?= -O2
 CFLAGS  ?=
+# SAN: instrumentation flags of the asan/tsan/fuzz builds, appended to CFLAGS
+# (passing CFLAGS itself on a sub-make's command line would drop the flags
+# below, -Iinclude included).
+SAN     ?=
 CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wno-unused-parameter \
            -fno-strict-aliasing -pthread -g $(OPT) -Iinclude -Isrc \
-           -I/usr/include/cjson
-LDLIBS  += -lcjson -lpcre2-8 -lutf8proc -lpthread -lm
+           -I/usr/include/cjson $(SAN)
+LDLIBS  += -lcjson -lpcre2-8 -lutf8proc -luring -lpthread -lm
 DEPFLAGS = -MMD -MP
 
 ISA_avx2   = -mavx2 -mfma -mf16c
@@ -58,10 +62,12 @@ $(BUILD)/tests/%: $(BUILD)/tests/%.o $(LIB)
 $(BUILD)/bench/%: $(BUILD)/bench/%.o $(LIB)
 	$(CC) $(CFLAGS) $^ $(LDLIBS) -o $@
 
-# The embedded default model: a small qwen3_moe with seeded random weights,
-# written deterministically by `sluice synth` (replaced later by a trained one).
-$(DEFAULT_MODEL): $(BUILD)/sluice tests/fixtures/tokenizer/gpt2style/tokenizer.json
-	$(BUILD)/sluice synth --preset demo --tokenizer tests/fixtures/tokenizer/gpt2style/tokenizer.json -o $@.tmp && mv $@.tmp $@
+# The embedded default model: the trained demo qwen3_moe committed in
+# models/demo (bf16 HF checkpoint; docs/quality.md), converted
+# deterministically with q8 experts.
+DEMO_HF := $(wildcard models/demo/*.json models/demo/*.safetensors)
+$(DEFAULT_MODEL): $(BUILD)/sluice $(DEMO_HF)
+	$(BUILD)/sluice convert models/demo -o $@.tmp --experts q8 --quiet && mv $@.tmp $@
 
 # test: build everything and run the whole suite (tests/run.sh)
 test: all $(TESTS)
@@ -71,11 +77,44 @@ test: all $(TESTS)
 bench: all $(BENCHES)
 	bench/run.sh $(BUILD)
 
-# asan: the suite under AddressSanitizer + UndefinedBehaviorSanitizer
+# bench-report: docs/benchmarks.md tables + PNG plots from bench/results/*.json (PYTHON needs matplotlib for plots)
+bench-report:
+	$(or $(PYTHON),python3) bench/report.py
+
+# asan: the suite under AddressSanitizer + UndefinedBehaviorSanitizer (+ LeakSanitizer)
 asan:
 	$(MAKE) BUILD=build/asan OPT=-O1 \
-	  CFLAGS="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" \
-	  LDFLAGS="-fsanitize=address,undefined" test
+	  SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" test
+
+TSAN_TESTS ?= test_threads test_faults
+# tsan: the threaded tests (TSAN_TESTS) under ThreadSanitizer, built with clang
+tsan:
+	$(MAKE) CC=clang BUILD=build/tsan OPT=-O1 SAN="-fsanitize=thread" \
+	  $(TSAN_TESTS:%=build/tsan/tests/%)
+	for t in $(TSAN_TESTS); do \
+	  TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" build/tsan/tests/$$t || exit 1; \
+	done
+
+# Fuzzing (docs/robustness.md): every tests/fuzz/fuzz_*.c is a libFuzzer
+# target, built by clang with ASan + UBSan into build/fuzz/.
+FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
+FUZZ_SECONDS ?= 60
+FUZZ_CHECK_SECONDS ?= 4
+FUZZ_SAN := -fsanitize=fuzzer-no-link,address,undefined -fno-omit-frame-pointer \
+            -fno-sanitize-recover=all
+# fuzz: build every fuzz target and run each for FUZZ_SECONDS (default 60)
+fuzz: fuzz-build
+	tests/fuzz/run.sh build/fuzz $(FUZZ_SECONDS)
+
+# fuzz-check: each fuzz target over its committed corpus for FUZZ_CHECK_SECONDS (CI)
+fuzz-check: fuzz-build
+	tests/fuzz/run.sh build/fuzz $(FUZZ_CHECK_SECONDS)
+
+fuzz-build:
+	$(MAKE) CC=clang BUILD=build/fuzz OPT=-O1 SAN="$(FUZZ_SAN)" \
+	  $(FUZZ_SRC:tests/fuzz/%.c=build/fuzz/%)
+$(BUILD)/fuzz_%: tests/fuzz/fuzz_%.c $(LIB)
+	$(CC) $(CFLAGS) -fsanitize=fuzzer $(DEPFLAGS) -MF $@.d $< $(LIB) $(LDLIBS) -o $@
 
 # format: clang-format every C source in place
 format:
@@ -88,6 +127,6 @@ clean:
 help:
 	@grep -B1 -E '^[a-z-]+:' Makefile | grep '^#' | sed 's/^# //'
 
-.PHONY: all test bench asan format clean help
+.PHONY: all test bench bench-report asan tsan fuzz fuzz-check fuzz-build format clean help
 .SECONDARY:
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

@@ -107,10 +107,47 @@ int sl_convert(const char *hf_dir, const char *out_path,
 
 struct sl_model;
 
+/* Routed-expert residency (docs/streaming.md). ram_cache_bytes sentinels: */
+#define SL_RAM_CACHE_DEFAULT 0ull       /* derived from available memory */
+#define SL_RAM_CACHE_ALL UINT64_MAX     /* read every expert once, keep it */
+
+enum sl_io_mode {
+    SL_IO_DEFAULT = 0,      /* direct where the filesystem allows, else buffered */
+    SL_IO_DIRECT = 1,       /* O_DIRECT reads into the cache (no page cache) */
+    SL_IO_BUFFERED = 2,     /* ordinary reads into the cache */
+    SL_IO_MMAP = 3,         /* no cache: experts served from the file mapping,
+                               the kernel's page cache decides residency */
+};
+
+enum sl_cache_policy {
+    SL_CACHE_DEFAULT = 0,   /* = SL_CACHE_LFU */
+    SL_CACHE_LRU = 1,       /* least recently used */
+    SL_CACHE_LFU = 2,       /* least frequently used, counts halved periodically
+                               (ageing), ties to the least recent */
+};
+
+enum sl_prefetch_mode {
+    SL_PREFETCH_AUTO = 0,   /* router lookahead, paused while it does not pay */
+    SL_PREFETCH_OFF = -1,
+    SL_PREFETCH_ALWAYS = 1, /* lookahead, never paused */
+};
+
 struct sl_model_params {
     int n_threads;          /* compute threads; 0 = number of online CPUs */
     int use_mlock;          /* nonzero: mlock the dense tensors */
     int verify;             /* nonzero: hash every section on open (slow) */
+    uint64_t ram_cache_bytes; /* expert cache budget in bytes, or a
+                               SL_RAM_CACHE_* sentinel; a hard limit on
+                               cached expert bytes */
+    int io_mode;            /* enum sl_io_mode */
+    int cache_policy;       /* enum sl_cache_policy */
+    int prefetch;           /* enum sl_prefetch_mode */
+    int io_threads;         /* reads in flight (io_uring depth or pread
+                               threads); 0 = 8 */
+    int no_uring;           /* nonzero: pread threads even where io_uring works */
+    const char *expert_profile; /* usage profile: pins the most used experts
+                               at open if the file exists, written back at
+                               close; NULL = none (borrowed during open) */
 };
 struct sl_model_params sl_model_default_params(void);
 
@@ -218,8 +255,82 @@ struct sl_stats {
     double prompt_seconds, decode_seconds;
     uint64_t expert_bytes_read;  /* routed-expert record bytes touched */
     uint64_t expert_loads;       /* (layer, expert) records used */
+    /* The model's expert store, shared by all contexts of the model: totals
+     * since open or sl_model_reset_expert_stats (docs/streaming.md). */
+    uint64_t cache_hits;         /* uses found resident */
+    uint64_t cache_misses;       /* uses that had to wait for a demand read */
+    uint64_t prefetch_hits;      /* uses resident or in flight thanks to a
+                                    prefetch (not counted as hits or misses) */
+    uint64_t cache_bytes_read;   /* bytes read from the file (demand + prefetch) */
+    double io_busy_seconds;      /* wall time with at least one read in flight */
+    double io_stall_seconds;     /* time the forward pass waited for reads */
+    uint64_t prefetch_issued;    /* prefetch reads started */
+    uint64_t prefetch_useful;    /* of those, used before eviction */
+    uint64_t prefetch_wasted_bytes; /* prefetched bytes evicted unused */
+    uint64_t lookahead_hits;     /* experts used that the lookahead predicted */
+    uint64_t lookahead_total;    /* experts used in layers with a prediction */
+    uint64_t cache_evictions;
+    uint64_t cache_budget_bytes; /* the budget (hard limit) */
+    uint64_t cache_peak_bytes;   /* most expert bytes ever cached at once */
+    /* Wall seconds of this context's forward passes by stage (sl_bench's
+     * "ms per token by stage"); the rest of prompt/decode_seconds is embed,
+     * dense MLP layers, final norm and lm_head. */
+    double t_attention;          /* norms, q/k/v, rope, attention, o_proj */
+    double t_router;             /* router logits, top-k, grouping, requests */
+    double t_experts;            /* routed expert compute and weighted sum */
+    double t_io_wait;            /* inside expert_store_acquire* (waiting for
+                                    reads, or a resident expert's lookup) */
 };
 void sl_context_stats(const struct sl_context *ctx, struct sl_stats *out);
+
+/* Per-layer expert store counters (model-wide, like the fields above). */
+struct sl_expert_layer_stats {
+    uint64_t hits, misses, prefetch_hits;
+    uint64_t bytes_read;
+    double stall_seconds;
+    uint64_t lookahead_hits, lookahead_total;
+};
+/* Fills *out for layer; SL_ERR_RANGE if the layer has no routed experts. */
+int sl_model_expert_layer_stats(const struct sl_model *model, uint32_t layer,
+                                struct sl_expert_layer_stats *out);
+/* Zeroes the store's counters (not its contents). Not thread safe against
+ * a concurrent sl_eval on the same model. */
+void sl_model_reset_expert_stats(struct sl_model *model);
+/* One line: cache budget and slots, policy, I/O mode and engine, prefetch
+ * state. Borrowed; valid until the next call on this model. */
+const char *sl_model_expert_cache_desc(const struct sl_model *model);
+/* Number of layers (dense and MoE). */
+int32_t sl_model_n_layers(const struct sl_model *model);
+/* Parses a size: "512M", "4G", "1.5G", "65536", "64K", "all" (->
+ * SL_RAM_CACHE_ALL). Suffixes K/M/G/T are binary (KiB...). SL_ERR_ARG with a
+ * message for anything else. */
+int sl_parse_size(const char *text, uint64_t *out);
+
+/* ---- quality: perplexity, divergence from a reference ------------------ */
+
+struct sl_quality {
+    uint64_t n_tokens;      /* tokens evaluated */
+    uint64_t n_scored;      /* predictions scored */
+    double nll;             /* sum of -ln p(token) over the scored tokens */
+    double ppl;             /* exp(nll / n_scored) */
+    /* With a reference context (all zero without one): */
+    double ref_nll, ref_ppl;/* the reference's own nll and perplexity */
+    double kl_mean;         /* mean KL(ref || model) in nats per position */
+    double kl_max;          /* largest KL(ref || model) at one position */
+    double top1_agree;      /* fraction of positions whose argmax agrees */
+};
+
+/* Perplexity of tokens[0..n) (docs/quality.md): the tokens are cut into
+ * non-overlapping windows of `window` tokens (the last one shorter; a lone
+ * last token is skipped); each window is evaluated from an empty context
+ * and every token of it but the first is scored. With ref (a context of
+ * another model with the same vocabulary, e.g. the bf16 conversion) it
+ * evaluates the same windows there and compares the next-token
+ * distributions at every scored position. Both contexts need n_ctx >=
+ * window, and are reset on entry and on return. n >= 2, window >= 2. */
+int sl_perplexity(struct sl_context *ctx, struct sl_context *ref,
+                  const int32_t *tokens, size_t n, uint32_t window,
+                  struct sl_quality *out);
 
 /* ---- sampling ----------------------------------------------------------- */
 

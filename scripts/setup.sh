@@ -3,7 +3,9 @@
 # when they are missing. Safe to run again: it does nothing when all are present.
 # Needs root (or sudo) only when something must be installed.
 set -euo pipefail
-pkgs=(build-essential libcjson-dev libpcre2-dev libutf8proc-dev liburing-dev pkg-config)
+# clang + libclang-rt-14-dev: `make tsan` and the libFuzzer targets (make fuzz-check)
+pkgs=(build-essential libcjson-dev libpcre2-dev libutf8proc-dev liburing-dev pkg-config
+      clang libclang-rt-14-dev)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

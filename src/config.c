@@ -36,7 +36,7 @@
 #define MAX_EXPERTS (1u << 16)
 #define MAX_CTX (1u << 30)
 
-static const char *supported_types = "qwen3_moe";
+static const char *supported_types = "qwen3_moe, mixtral, olmoe, gpt_oss";
 
 const char *config_supported_types(void) { return supported_types; }
 
@@ -222,6 +222,175 @@ static int check_sluice_object(const cJSON *root) {
     return SL_OK;
 }
 
+/* An optional positive finite number: absent or null gives def. */
+static int get_opt_pos_float(const cJSON *obj, const char *key,
+                             const char *where, float def, float *out) {
+    const cJSON *it = cJSON_GetObjectItemCaseSensitive(obj, key);
+    if (!it || cJSON_IsNull(it)) {
+        *out = def;
+        return SL_OK;
+    }
+    return get_pos_float(obj, key, where, out);
+}
+
+/* layer_types (a list of "sliding_attention" / "full_attention", one per
+ * layer) into layer_sliding; absent keeps what the caller resolved. */
+static int parse_layer_types(struct sl_config *c, const cJSON *root) {
+    const cJSON *lt = cJSON_GetObjectItemCaseSensitive(root, "layer_types");
+    if (!lt || cJSON_IsNull(lt)) return SL_OK;
+    if (!cJSON_IsArray(lt) || (uint32_t)cJSON_GetArraySize(lt) != c->n_layers)
+        return sl_seterr(SL_ERR_CONFIG, "key 'layer_types' must be a list of "
+                         "num_hidden_layers = %u strings", c->n_layers);
+    for (uint32_t i = 0; i < c->n_layers; i++) {
+        const cJSON *it = cJSON_GetArrayItem(lt, (int)i);
+        if (cJSON_IsString(it) && strcmp(it->valuestring, "sliding_attention") == 0)
+            c->layer_sliding[i] = 1;
+        else if (cJSON_IsString(it) && strcmp(it->valuestring, "full_attention") == 0)
+            c->layer_sliding[i] = 0;
+        else
+            return sl_seterr(SL_ERR_UNSUPPORTED, "layer_types[%u] %s%.64s%s is "
+                             "not supported (\"sliding_attention\" or "
+                             "\"full_attention\")", i,
+                             cJSON_IsString(it) ? "'" : "",
+                             cJSON_IsString(it) ? it->valuestring : json_type_name(it),
+                             cJSON_IsString(it) ? "'" : "");
+    }
+    return SL_OK;
+}
+
+/* The keys of mixtral, olmoe and gpt_oss beyond those every family shares
+ * (parse_root has read those, with intermediate_size as the expert width).
+ * Every layer of these families is MoE. */
+static int family_parse(struct sl_config *c, const cJSON *root) {
+    int rc;
+    c->ffn = c->moe_ffn;
+    c->decoder_sparse_step = 1;
+    const cJSON *mo = cJSON_GetObjectItemCaseSensitive(root, "mlp_only_layers");
+    if (mo && !(cJSON_IsNull(mo) || (cJSON_IsArray(mo) && cJSON_GetArraySize(mo) == 0)))
+        return sl_seterr(SL_ERR_UNSUPPORTED, "mlp_only_layers is not supported "
+                         "for %s (every layer is MoE)", c->model_type);
+    switch (c->arch) {
+    case SL_ARCH_MIXTRAL:
+        if (c->attention_bias)
+            return sl_seterr(SL_ERR_UNSUPPORTED, "attention_bias = true is not "
+                             "supported for mixtral (its projections have no bias)");
+        c->norm_topk_prob = 1; /* MixtralSparseMoeBlock always renormalises */
+        if ((rc = get_uint(root, "sliding_window", 0, 0, 1, MAX_CTX,
+                           &c->sliding_window)))
+            return rc;
+        for (uint32_t i = 0; i < c->n_layers; i++)
+            c->layer_sliding[i] = c->sliding_window > 0;
+        break;
+    case SL_ARCH_OLMOE: {
+        const cJSON *clip = cJSON_GetObjectItemCaseSensitive(root, "clip_qkv");
+        if (clip && !cJSON_IsNull(clip))
+            return sl_seterr(SL_ERR_UNSUPPORTED, "clip_qkv = %s is not supported "
+                             "(only null)", cJSON_IsNumber(clip) ? "a number"
+                             : json_type_name(clip));
+        c->qk_norm = SL_QK_NORM_FULL;
+        break;
+    }
+    case SL_ARCH_GPT_OSS:
+        c->router_kind = SL_ROUTER_TOPK_SOFTMAX;
+        c->norm_topk_prob = 0;
+        c->router_bias = 1;
+        c->expert_bias = 1;
+        c->attn_sinks = 1;
+        /* swiglu_alpha: a config key since transformers 5 (GptOssConfig);
+         * earlier versions hard-code the same 1.702. */
+        if ((rc = get_opt_pos_float(root, "swiglu_limit", "", 7.0f,
+                                    &c->swiglu_limit)) ||
+            (rc = get_opt_pos_float(root, "swiglu_alpha", "", 1.702f,
+                                    &c->swiglu_alpha)) ||
+            (rc = get_uint(root, "sliding_window", 0, 128, 1, MAX_CTX,
+                           &c->sliding_window)))
+            return rc;
+        /* GptOssConfig's default: even layers slide, odd layers are full. */
+        for (uint32_t i = 0; i < c->n_layers; i++) c->layer_sliding[i] = (i + 1) % 2;
+        break;
+    default:
+        SL_ASSERT(0);
+    }
+    if ((rc = parse_layer_types(c, root))) return rc;
+    int any = 0;
+    for (uint32_t i = 0; i < c->n_layers; i++) any |= c->layer_sliding[i];
+    if (any && c->sliding_window == 0)
+        return sl_seterr(SL_ERR_CONFIG, "layer_types names sliding layers but "
+                         "sliding_window is null");
+    if (!any) c->sliding_window = 0;
+    return SL_OK;
+}
+
+/* rope_scaling (hub spelling) or rope_parameters (transformers >= 4.56):
+ * plain RoPE or YaRN, resolved exactly as transformers'
+ * _compute_yarn_parameters does (factor, if null, is max_position_embeddings
+ * / original_max_position_embeddings; beta_fast/beta_slow default to 32/1;
+ * truncate to true; attention_factor to 0.1 ln(factor) + 1). */
+static int parse_rope_yarn(struct sl_config *c, const cJSON *root) {
+    const cJSON *rp = cJSON_GetObjectItemCaseSensitive(root, "rope_parameters");
+    const cJSON *rs = cJSON_GetObjectItemCaseSensitive(root, "rope_scaling");
+    const char *where = "rope_parameters.";
+    const cJSON *r = cJSON_IsObject(rp) ? rp : NULL;
+    if (cJSON_IsObject(rs) &&
+        (!r || (!cJSON_GetObjectItemCaseSensitive(r, "rope_type") &&
+                !cJSON_GetObjectItemCaseSensitive(r, "type")))) {
+        r = rs;
+        where = "rope_scaling.";
+    }
+    if (rs && !cJSON_IsNull(rs) && !cJSON_IsObject(rs))
+        return sl_seterr(SL_ERR_CONFIG, "key 'rope_scaling' must be an object "
+                         "or null, got %s", json_type_name(rs));
+    c->rope_kind = SL_ROPE_DEFAULT;
+    const cJSON *prf = cJSON_GetObjectItemCaseSensitive(r ? r : root,
+                                                        "partial_rotary_factor");
+    if (!prf) prf = cJSON_GetObjectItemCaseSensitive(root, "partial_rotary_factor");
+    if (prf && !cJSON_IsNull(prf) && (!cJSON_IsNumber(prf) || prf->valuedouble != 1.0))
+        return sl_seterr(SL_ERR_UNSUPPORTED, "partial_rotary_factor other than "
+                         "1 is not supported");
+    if (!r) return SL_OK;
+    const cJSON *t = cJSON_GetObjectItemCaseSensitive(r, "rope_type");
+    if (!t) t = cJSON_GetObjectItemCaseSensitive(r, "type");
+    if (!t || cJSON_IsNull(t) ||
+        (cJSON_IsString(t) && strcmp(t->valuestring, "default") == 0))
+        return SL_OK;
+    if (!cJSON_IsString(t) || strcmp(t->valuestring, "yarn") != 0)
+        return sl_seterr(SL_ERR_UNSUPPORTED, "%srope_type %s%.64s%s is not "
+                         "supported (\"default\" or \"yarn\")", where,
+                         cJSON_IsString(t) ? "'" : "",
+                         cJSON_IsString(t) ? t->valuestring : json_type_name(t),
+                         cJSON_IsString(t) ? "'" : "");
+    int rc;
+    c->rope_kind = SL_ROPE_YARN;
+    if ((rc = get_uint(r, "original_max_position_embeddings", 0, c->n_ctx_train,
+                       1, MAX_CTX, &c->rope_orig_ctx)) ||
+        (rc = get_opt_pos_float(r, "factor", where,
+                                (float)c->n_ctx_train / (float)c->rope_orig_ctx,
+                                &c->rope_factor)))
+        return rc;
+    /* HF: `get("beta_fast") or 32`: 0 and null take the default too. */
+    const cJSON *bf = cJSON_GetObjectItemCaseSensitive(r, "beta_fast");
+    const cJSON *bs = cJSON_GetObjectItemCaseSensitive(r, "beta_slow");
+    if ((bf && !cJSON_IsNull(bf) && !cJSON_IsNumber(bf)) ||
+        (bs && !cJSON_IsNull(bs) && !cJSON_IsNumber(bs)))
+        return sl_seterr(SL_ERR_CONFIG, "%sbeta_fast / beta_slow must be "
+                         "numbers", where);
+    c->rope_beta_fast = cJSON_IsNumber(bf) && bf->valuedouble != 0
+                            ? (float)bf->valuedouble : 32.0f;
+    c->rope_beta_slow = cJSON_IsNumber(bs) && bs->valuedouble != 0
+                            ? (float)bs->valuedouble : 1.0f;
+    if ((rc = get_bool(r, "truncate", 1, &c->rope_truncate))) return rc;
+    const cJSON *ms = cJSON_GetObjectItemCaseSensitive(r, "mscale");
+    const cJSON *msa = cJSON_GetObjectItemCaseSensitive(r, "mscale_all_dim");
+    if ((cJSON_IsNumber(ms) && ms->valuedouble != 0) ||
+        (cJSON_IsNumber(msa) && msa->valuedouble != 0))
+        return sl_seterr(SL_ERR_UNSUPPORTED, "%smscale / mscale_all_dim are "
+                         "not supported", where);
+    float f = c->rope_factor;
+    float def = f <= 1 ? 1.0f : (float)(0.1 * log((double)f) + 1.0);
+    return get_opt_pos_float(r, "attention_factor", where, def,
+                             &c->rope_attn_factor);
+}
+
 static int parse_root(struct sl_config *c, const cJSON *root) {
     int rc;
     if (!cJSON_IsObject(root))
@@ -235,11 +404,17 @@ static int parse_root(struct sl_config *c, const cJSON *root) {
     if (!cJSON_IsString(mt))
         return sl_seterr(SL_ERR_CONFIG, "key 'model_type' must be a "
                          "string, got %s", json_type_name(mt));
-    if (strcmp(mt->valuestring, "qwen3_moe") != 0)
+    static const struct { const char *name; int arch; } archs[] = {
+        {"qwen3_moe", SL_ARCH_QWEN3_MOE}, {"mixtral", SL_ARCH_MIXTRAL},
+        {"olmoe", SL_ARCH_OLMOE}, {"gpt_oss", SL_ARCH_GPT_OSS}};
+    c->arch = 0;
+    for (size_t i = 0; i < sizeof archs / sizeof archs[0]; i++)
+        if (strcmp(mt->valuestring, archs[i].name) == 0) c->arch = archs[i].arch;
+    if (!c->arch)
         return sl_seterr(SL_ERR_UNSUPPORTED, "model_type '%.64s' is not "
                          "supported; supported: %s", mt->valuestring,
                          supported_types);
-    c->arch = SL_ARCH_QWEN3_MOE;
+    int qwen = c->arch == SL_ARCH_QWEN3_MOE;
     snprintf(c->model_type, sizeof c->model_type, "%s", mt->valuestring);
 
     const cJSON *act = cJSON_GetObjectItemCaseSensitive(root, "hidden_act");
@@ -252,10 +427,18 @@ static int parse_root(struct sl_config *c, const cJSON *root) {
                                              : json_type_name(act),
                          cJSON_IsString(act) ? "'" : "");
     int sliding = 0;
-    if ((rc = get_bool(root, "use_sliding_window", 0, &sliding))) return rc;
+    if (qwen && (rc = get_bool(root, "use_sliding_window", 0, &sliding))) return rc;
     if (sliding)
         return sl_seterr(SL_ERR_UNSUPPORTED, "use_sliding_window = "
                          "true is not supported");
+    /* Key names that differ between the families. */
+    const char *experts_key = c->arch == SL_ARCH_MIXTRAL ||
+                                      c->arch == SL_ARCH_GPT_OSS
+                                  ? "num_local_experts" : "num_experts";
+    /* transformers 5 saves qwen3_moe's expert count as num_local_experts. */
+    if (qwen && !cJSON_GetObjectItemCaseSensitive(root, "num_experts") &&
+        cJSON_GetObjectItemCaseSensitive(root, "num_local_experts"))
+        experts_key = "num_local_experts";
 
     if ((rc = get_uint(root, "num_hidden_layers", 1, 0, 1, SL_MAX_LAYERS,
                        &c->n_layers)) ||
@@ -270,16 +453,17 @@ static int parse_root(struct sl_config *c, const cJSON *root) {
         (rc = get_uint(root, "max_position_embeddings", 1, 0, 1, MAX_CTX,
                        &c->n_ctx_train)) ||
         (rc = get_uint(root, "intermediate_size", 1, 0, 1, MAX_FFN, &c->ffn)) ||
-        (rc = get_uint(root, "moe_intermediate_size", 1, 0, 1, MAX_FFN,
-                       &c->moe_ffn)) ||
-        (rc = get_uint(root, "num_experts", 1, 0, 1, MAX_EXPERTS,
+        (rc = get_uint(root, qwen ? "moe_intermediate_size" : "intermediate_size",
+                       1, 0, 1, MAX_FFN, &c->moe_ffn)) ||
+        (rc = get_uint(root, experts_key, 1, 0, 1, MAX_EXPERTS,
                        &c->n_experts)) ||
         (rc = get_uint(root, "num_experts_per_tok", 1, 0, 1, MAX_EXPERTS,
                        &c->n_experts_used)) ||
         (rc = get_uint(root, "decoder_sparse_step", 0, 1, 1, SL_MAX_LAYERS,
                        &c->decoder_sparse_step)) ||
         (rc = get_bool(root, "norm_topk_prob", 0, &c->norm_topk_prob)) ||
-        (rc = get_bool(root, "attention_bias", 0, &c->attention_bias)) ||
+        (rc = get_bool(root, "attention_bias", c->arch == SL_ARCH_GPT_OSS,
+                       &c->attention_bias)) ||
         (rc = get_bool(root, "tie_word_embeddings", 0, &c->tie_embeddings)) ||
         (rc = get_pos_float(root, "rms_norm_eps", "", &c->rms_eps)))
         return rc;
@@ -303,11 +487,16 @@ static int parse_root(struct sl_config *c, const cJSON *root) {
                          "head_dim = %llu is implausibly large",
                          (unsigned long long)c->n_heads * c->head_dim);
 
+    if (!qwen && (rc = family_parse(c, root))) return rc;
+
     /* rope_theta: top level (transformers < 4.56) or inside rope_parameters
-     * (newer); rope scaling of any kind is not implemented. */
-    if ((rc = check_rope_type(root, "rope_scaling")) ||
-        (rc = check_rope_type(root, "rope_parameters")))
+     * (newer); rope scaling is not implemented except YaRN for gpt_oss. */
+    if (c->arch == SL_ARCH_GPT_OSS) {
+        if ((rc = parse_rope_yarn(c, root))) return rc;
+    } else if ((rc = check_rope_type(root, "rope_scaling")) ||
+               (rc = check_rope_type(root, "rope_parameters"))) {
         return rc;
+    }
     const cJSON *rp = cJSON_GetObjectItemCaseSensitive(root, "rope_parameters");
     if (cJSON_GetObjectItemCaseSensitive(root, "rope_theta") || !cJSON_IsObject(rp))
         rc = get_pos_float(root, "rope_theta", "", &c->rope_theta);
@@ -338,6 +527,7 @@ static int parse_root(struct sl_config *c, const cJSON *root) {
     for (uint32_t i = 0; i < c->n_layers; i++)
         c->layer_is_moe[i] = !dense_only[i] && c->n_experts > 0 &&
                              (i + 1) % c->decoder_sparse_step == 0;
+    if (qwen) c->qk_norm = SL_QK_NORM_HEAD;
 
     c->bos_id = -1;
     c->n_eos = 0;
@@ -414,25 +604,62 @@ int config_to_manifest(const struct sl_config *c, int expert_dtype,
     NUM("head_dim", c->head_dim);
     NUM("vocab_size", c->n_vocab);
     NUM("max_position_embeddings", c->n_ctx_train);
+    /* qwen3_moe's keys come first and in this order (its manifests are
+     * byte-identical to those written before the other families existed);
+     * the other families spell their keys as their config.json does. */
+    int qwen = c->arch == SL_ARCH_QWEN3_MOE;
     NUM("intermediate_size", c->ffn);
-    NUM("moe_intermediate_size", c->moe_ffn);
-    NUM("num_experts", c->n_experts);
+    if (qwen) NUM("moe_intermediate_size", c->moe_ffn);
+    NUM(c->arch == SL_ARCH_MIXTRAL || c->arch == SL_ARCH_GPT_OSS
+            ? "num_local_experts" : "num_experts", c->n_experts);
     NUM("num_experts_per_tok", c->n_experts_used);
-    BOOL("norm_topk_prob", c->norm_topk_prob);
-    NUM("decoder_sparse_step", c->decoder_sparse_step);
+    if (qwen || c->arch == SL_ARCH_OLMOE) BOOL("norm_topk_prob", c->norm_topk_prob);
+    if (qwen) NUM("decoder_sparse_step", c->decoder_sparse_step);
     NUM("rms_norm_eps", float_for_json(c->rms_eps));
     NUM("rope_theta", float_for_json(c->rope_theta));
-    ok &= cJSON_AddNullToObject(r, "rope_scaling") != NULL;
+    if (c->rope_kind == SL_ROPE_YARN) {
+        cJSON *y = cJSON_AddObjectToObject(r, "rope_scaling");
+        ok &= y != NULL;
+        if (ok) {
+            ok &= cJSON_AddStringToObject(y, "rope_type", "yarn") != NULL;
+            ok &= cJSON_AddNumberToObject(y, "factor", float_for_json(c->rope_factor)) != NULL;
+            ok &= cJSON_AddNumberToObject(y, "beta_fast", float_for_json(c->rope_beta_fast)) != NULL;
+            ok &= cJSON_AddNumberToObject(y, "beta_slow", float_for_json(c->rope_beta_slow)) != NULL;
+            ok &= cJSON_AddNumberToObject(y, "original_max_position_embeddings",
+                                          c->rope_orig_ctx) != NULL;
+            ok &= cJSON_AddBoolToObject(y, "truncate", c->rope_truncate != 0) != NULL;
+            ok &= cJSON_AddNumberToObject(y, "attention_factor",
+                                          float_for_json(c->rope_attn_factor)) != NULL;
+        }
+    } else {
+        ok &= cJSON_AddNullToObject(r, "rope_scaling") != NULL;
+    }
     BOOL("attention_bias", c->attention_bias);
     BOOL("tie_word_embeddings", c->tie_embeddings);
-    BOOL("use_sliding_window", 0);
-    /* Every non-MoE layer is listed, so the re-parse resolves layer_is_moe
-     * identically whatever decoder_sparse_step is. */
-    cJSON *mo = cJSON_AddArrayToObject(r, "mlp_only_layers");
-    ok &= mo != NULL;
-    for (uint32_t i = 0; ok && i < c->n_layers; i++)
-        if (!c->layer_is_moe[i])
-            ok &= cJSON_AddItemToArray(mo, cJSON_CreateNumber(i));
+    if (qwen) {
+        BOOL("use_sliding_window", 0);
+        /* Every non-MoE layer is listed, so the re-parse resolves layer_is_moe
+         * identically whatever decoder_sparse_step is. */
+        cJSON *mo = cJSON_AddArrayToObject(r, "mlp_only_layers");
+        ok &= mo != NULL;
+        for (uint32_t i = 0; ok && i < c->n_layers; i++)
+            if (!c->layer_is_moe[i])
+                ok &= cJSON_AddItemToArray(mo, cJSON_CreateNumber(i));
+    } else {
+        if (c->sliding_window) NUM("sliding_window", c->sliding_window);
+        else ok &= cJSON_AddNullToObject(r, "sliding_window") != NULL;
+        cJSON *lt = cJSON_AddArrayToObject(r, "layer_types");
+        ok &= lt != NULL;
+        for (uint32_t i = 0; ok && i < c->n_layers; i++)
+            ok &= cJSON_AddItemToArray(lt, cJSON_CreateString(
+                      c->layer_sliding[i] ? "sliding_attention" : "full_attention"));
+        if (c->arch == SL_ARCH_GPT_OSS) {
+            NUM("swiglu_limit", float_for_json(c->swiglu_limit));
+            NUM("swiglu_alpha", float_for_json(c->swiglu_alpha));
+        }
+        if (c->arch == SL_ARCH_OLMOE)
+            ok &= cJSON_AddNullToObject(r, "clip_qkv") != NULL;
+    }
     if (c->bos_id >= 0) NUM("bos_token_id", c->bos_id);
     else ok &= cJSON_AddNullToObject(r, "bos_token_id") != NULL;
     cJSON *eos = cJSON_AddArrayToObject(r, "eos_token_id");

@@ -19,6 +19,30 @@
 
 enum sl_arch {
     SL_ARCH_QWEN3_MOE = 1,
+    SL_ARCH_MIXTRAL = 2,
+    SL_ARCH_OLMOE = 3,
+    SL_ARCH_GPT_OSS = 4,
+};
+
+/* Normalisation of q and k after their projections. */
+enum sl_qk_norm {
+    SL_QK_NORM_NONE = 0,  /* mixtral, gpt_oss */
+    SL_QK_NORM_HEAD = 1,  /* qwen3_moe: per head, weight (head_dim) */
+    SL_QK_NORM_FULL = 2,  /* olmoe: over the whole projection, weight
+                             (n_heads * head_dim) resp. (n_kv_heads * ...) */
+};
+
+/* How router logits become top-k ids and weights. */
+enum sl_router_kind {
+    SL_ROUTER_SOFTMAX_TOPK = 0, /* softmax over all experts, top-k, then
+                                   renormalised if norm_topk_prob */
+    SL_ROUTER_TOPK_SOFTMAX = 1, /* top-k of the logits, softmax over those k
+                                   (gpt_oss) */
+};
+
+enum sl_rope_kind {
+    SL_ROPE_DEFAULT = 0,
+    SL_ROPE_YARN = 1,     /* rope_type "yarn" (gpt_oss) */
 };
 
 struct sl_config {
@@ -43,6 +67,24 @@ struct sl_config {
     int tie_embeddings;           /* tie_word_embeddings */
     uint8_t layer_is_moe[SL_MAX_LAYERS]; /* resolved from mlp_only_layers and
                                             decoder_sparse_step */
+    /* Family variations; all zero for qwen3_moe except qk_norm. */
+    int qk_norm;                  /* enum sl_qk_norm */
+    int router_kind;              /* enum sl_router_kind */
+    int router_bias;              /* the router has a bias (gpt_oss) */
+    int expert_bias;              /* expert gate/up/down have biases (gpt_oss) */
+    int attn_sinks;               /* per-head sink logits (gpt_oss) */
+    uint32_t sliding_window;      /* window of sliding layers; 0 = none */
+    uint8_t layer_sliding[SL_MAX_LAYERS]; /* layer attends to the last
+                                     sliding_window positions only */
+    float swiglu_limit;           /* > 0: gpt-oss clamped SwiGLU */
+    float swiglu_alpha;           /* its sigmoid gain (swiglu_alpha, 1.702) */
+    int rope_kind;                /* enum sl_rope_kind */
+    float rope_factor;            /* yarn: factor */
+    float rope_beta_fast;         /* yarn: beta_fast */
+    float rope_beta_slow;         /* yarn: beta_slow */
+    uint32_t rope_orig_ctx;       /* yarn: original_max_position_embeddings */
+    int rope_truncate;            /* yarn: truncate (HF default true) */
+    float rope_attn_factor;       /* yarn: attention_factor, resolved */
     /* From generation_config.json / tokenizer config, when known. */
     int32_t bos_id;               /* -1 if none */
     uint32_t n_eos;

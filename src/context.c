@@ -39,6 +39,9 @@ void sl_context_free(struct sl_context *ctx) {
     sl_free(ctx->expert_count);
     sl_free(ctx->expert_start);
     sl_free(ctx->sel_order);
+    sl_free(ctx->moe_ids);
+    sl_free(ctx->moe_done);
+    sl_free(ctx->pf_ids);
     pool_free(ctx->pool);
     sl_free(ctx);
 }
@@ -77,7 +80,7 @@ int sl_context_create(struct sl_model *model,
     alloc_f32(&ctx->xb, B * c->hidden, &ok);
     alloc_f32(&ctx->xb2, B * c->hidden, &ok);
     alloc_f32(&ctx->gather, B * c->hidden, &ok);
-    alloc_f32(&ctx->moe_tmp, B * c->hidden, &ok);
+    alloc_f32(&ctx->moe_tmp, B * k * c->hidden, &ok);
     alloc_f32(&ctx->q, B * config_q_dim(c), &ok);
     alloc_f32(&ctx->att, B * config_q_dim(c), &ok);
     alloc_f32(&ctx->att_scores, (uint64_t)c->n_heads * n_ctx, &ok);
@@ -90,7 +93,11 @@ int sl_context_create(struct sl_model *model,
     ctx->sel_order = sl_calloc(B * k, sizeof(int32_t));
     ctx->expert_count = sl_calloc(ne, sizeof(int32_t));
     ctx->expert_start = sl_calloc(ne, sizeof(int32_t));
-    if (!ok || !ctx->topk_ids || !ctx->sel_order || !ctx->expert_count || !ctx->expert_start) {
+    ctx->moe_ids = sl_calloc(ne, sizeof(int32_t));
+    ctx->moe_done = sl_calloc(ne, 1);
+    ctx->pf_ids = sl_calloc(ne, sizeof(int32_t));
+    if (!ok || !ctx->topk_ids || !ctx->sel_order || !ctx->expert_count || !ctx->expert_start ||
+        !ctx->moe_ids || !ctx->moe_done || !ctx->pf_ids) {
         sl_context_free(ctx);
         return sl_seterr(SL_ERR_NOMEM,
                          "out of memory for a context of %u positions (KV cache %.1f MiB); "
@@ -167,6 +174,7 @@ void sl_context_reset(struct sl_context *ctx) {
 
 void sl_context_stats(const struct sl_context *ctx, struct sl_stats *out) {
     *out = ctx->stats;
+    expert_store_stats(ctx->model->experts, out);
 }
 
 const char *sl_backend_desc(void) {

@@ -38,7 +38,12 @@ struct sl_context {
                                  (token * k + slot) grouped by expert */
     float *gather;            /* (n_batch, hidden) tokens of one expert */
     float *hb, *hb2;          /* (n_batch, max(ffn, moe_ffn)) */
-    float *moe_tmp;           /* (n_batch, hidden) one expert's outputs */
+    float *moe_tmp;           /* (n_batch * n_experts_used, hidden) expert
+                                 outputs, row = selection's place in
+                                 sel_order (combined in a fixed order) */
+    int32_t *moe_ids;         /* (n_experts) distinct experts of a chunk */
+    uint8_t *moe_done;        /* (n_experts) acquired flags of moe_ids */
+    int32_t *pf_ids;          /* (n_experts) lookahead prediction */
     float *logits;            /* (n_vocab) after the last token */
     int has_logits;
     const char *dump_dir;     /* SLUICE_DUMP, or NULL */

@@ -24,6 +24,8 @@
 
 #include "context.h"
 #include "cpu/ops.h"
+#include "cpu/ops_ext.h"
+#include "moe_route.h"
 #include "util.h"
 
 static void dump(const struct sl_context *ctx, int layer, const char *stage,
@@ -58,6 +60,32 @@ static void add_bias(float *Y, const float *b, int n, int dim) {
     for (int t = 0; t < n; t++) ops_add(Y + (size_t)t * dim, b, dim);
 }
 
+/* The per-family q/k normalisation and rotary embedding of one token at
+ * position p: q (n_heads, head_dim), k (n_kv_heads, head_dim) in place. */
+static int qk_norm_rope(const struct sl_model *m, const struct layer_weights *L,
+                        float *q, float *k, uint32_t p) {
+    const struct sl_config *c = &m->cfg;
+    int nh = (int)c->n_heads, nkv = (int)c->n_kv_heads, hd = (int)c->head_dim;
+    if (c->qk_norm == SL_QK_NORM_HEAD) {
+        ops_rmsnorm_heads(q, L->q_norm, nh, hd, c->rms_eps);
+        ops_rmsnorm_heads(k, L->k_norm, nkv, hd, c->rms_eps);
+    } else if (c->qk_norm == SL_QK_NORM_FULL) { /* olmoe: the whole projection */
+        ops_rmsnorm(q, q, L->q_norm, nh * hd, c->rms_eps);
+        ops_rmsnorm(k, k, L->k_norm, nkv * hd, c->rms_eps);
+    }
+    int st;
+    if (m->rope_inv_freq) { /* YaRN */
+        if ((st = ops_rope_neox_freqs(q, nh, hd, hd, p, m->rope_inv_freq, m->rope_mscale)) ||
+            (st = ops_rope_neox_freqs(k, nkv, hd, hd, p, m->rope_inv_freq, m->rope_mscale)))
+            return st;
+        return SL_OK;
+    }
+    if ((st = ops_rope_neox(q, nh, hd, hd, p, c->rope_theta)) ||
+        (st = ops_rope_neox(k, nkv, hd, hd, p, c->rope_theta)))
+        return st;
+    return SL_OK;
+}
+
 /* Self-attention of n tokens at positions pos..pos+n-1: reads ctx->xb
  * (n, hidden), writes ctx->xb2 (n, hidden). */
 static int attention(struct sl_context *ctx, uint32_t l, uint32_t pos, int n) {
@@ -80,17 +108,17 @@ static int attention(struct sl_context *ctx, uint32_t l, uint32_t pos, int n) {
     add_bias(V, L->bv, n, kv_dim);
     for (int t = 0; t < n; t++) {
         float *q = ctx->q + (size_t)t * q_dim, *k = K + (size_t)t * kv_dim;
-        ops_rmsnorm_heads(q, L->q_norm, nh, hd, c->rms_eps);
-        ops_rmsnorm_heads(k, L->k_norm, nkv, hd, c->rms_eps);
-        if ((st = ops_rope_neox(q, nh, hd, hd, pos + (uint32_t)t, c->rope_theta)) ||
-            (st = ops_rope_neox(k, nkv, hd, hd, pos + (uint32_t)t, c->rope_theta)))
-            return st;
+        if ((st = qk_norm_rope(ctx->model, L, q, k, pos + (uint32_t)t))) return st;
     }
     dump(ctx, (int)l, "q.f32", ctx->q, (size_t)n * q_dim * 4);
     dump(ctx, (int)l, "k.f32", K, (size_t)n * kv_dim * 4);
 
     float scale = 1.0f / sqrtf((float)hd);
-    if (n == 1)
+    int window = c->layer_sliding[l] ? (int)c->sliding_window : 0;
+    if (window || L->sinks) /* mixtral's window, gpt_oss's window and sinks */
+        st = ops_attention_ext(ctx->pool, ctx->att, ctx->q, kc, vc, n, (int)pos, nh, nkv,
+                               hd, kv_dim, scale, window, L->sinks, ctx->att_scores);
+    else if (n == 1)
         st = ops_attention(ctx->pool, ctx->att, ctx->q, kc, vc, nh, nkv, hd,
                            (int)pos + 1, kv_dim, scale, ctx->att_scores);
     else
@@ -115,6 +143,67 @@ static int swiglu_mlp(struct sl_context *ctx, const int dtype[3],
     return linear(ctx, dtype[2], w[2], hidden, ffn, ctx->hb, out, m);
 }
 
+/* One routed expert e of layer l on m rows X (m, hidden) into out (m,
+ * hidden): swiglu_mlp, or for gpt_oss gate/up with their biases (stored
+ * interleaved, HF's layout), the clamped SwiGLU, down with its bias. */
+static int expert_ffn(struct sl_context *ctx, uint32_t l, int e, const int dtype[3],
+                      const void *const w[3], const float *X, float *out, int m) {
+    const struct sl_config *c = &ctx->model->cfg;
+    const struct layer_weights *L = &ctx->model->layers[l];
+    int ffn = (int)c->moe_ffn, hidden = (int)c->hidden, st;
+    if (!c->expert_bias && !(c->swiglu_limit > 0))
+        return swiglu_mlp(ctx, dtype, w, ffn, X, out, m);
+    if ((st = linear(ctx, dtype[0], w[0], ffn, hidden, X, ctx->hb, m)) ||
+        (st = linear(ctx, dtype[1], w[1], ffn, hidden, X, ctx->hb2, m)))
+        return st;
+    if (L->exp_gate_up_b) {
+        const float *b = L->exp_gate_up_b + (size_t)e * 2 * ffn; /* (2 * ffn) */
+        for (int r = 0; r < m; r++) {
+            float *g = ctx->hb + (size_t)r * ffn, *u = ctx->hb2 + (size_t)r * ffn;
+            for (int j = 0; j < ffn; j++) {
+                g[j] += b[2 * j];
+                u[j] += b[2 * j + 1];
+            }
+        }
+    }
+    if (c->swiglu_limit > 0)
+        ops_swiglu_clamped(ctx->hb, ctx->hb, ctx->hb2, m * ffn, c->swiglu_alpha,
+                           c->swiglu_limit);
+    else
+        ops_swiglu(ctx->hb, ctx->hb, ctx->hb2, m * ffn);
+    if ((st = linear(ctx, dtype[2], w[2], hidden, ffn, ctx->hb, out, m))) return st;
+    if (L->exp_down_b) add_bias(out, L->exp_down_b + (size_t)e * hidden, m, hidden);
+    return SL_OK;
+}
+
+/* Router lookahead: layer l+1's router applied to layer l's ffn-normed
+ * input ctx->xb (n, hidden) predicts the experts l+1 will pick; they are
+ * handed to the store as low-priority prefetch while layer l computes. The
+ * prediction only moves bytes, never numbers. Uses ctx->router as scratch
+ * (layer l's routing is done by then) and ctx->pf_ids for the union of the
+ * chunk's predictions. */
+static void lookahead(struct sl_context *ctx, uint32_t l, int n) {
+    const struct sl_config *c = &ctx->model->cfg;
+    uint32_t nl = l + 1;
+    int k = (int)c->n_experts_used, ne = (int)c->n_experts;
+    if (nl >= c->n_layers || !c->layer_is_moe[nl] || k > 64 ||
+        !expert_store_prefetch_wanted(ctx->model->experts, nl))
+        return;
+    if (linear_w(ctx, &ctx->model->layers[nl].router, ctx->xb, ctx->router, n)) return;
+    int32_t ids[64];
+    float vals[64];
+    int np = 0;
+    for (int t = 0; t < n; t++) { /* top-k of logits = top-k of softmax */
+        if (ops_topk(ctx->router + (size_t)t * ne, ne, k, ids, vals)) return;
+        for (int i = 0; i < k; i++) {
+            int dup = 0;
+            for (int j = 0; j < np && !dup; j++) dup = ctx->pf_ids[j] == ids[i];
+            if (!dup && np < ne) ctx->pf_ids[np++] = ids[i];
+        }
+    }
+    expert_store_prefetch(ctx->model->experts, nl, ctx->pf_ids, np);
+}
+
 /* Routed experts of n tokens: reads ctx->xb (n, hidden), writes ctx->xb2. */
 static int moe(struct sl_context *ctx, uint32_t l, int n) {
     const struct sl_config *c = &ctx->model->cfg;
@@ -122,19 +211,12 @@ static int moe(struct sl_context *ctx, uint32_t l, int n) {
     int k = (int)c->n_experts_used, ne = (int)c->n_experts, hidden = (int)c->hidden;
     int st;
 
+    double t_stage = sl_now(); /* stage timers: ctx->stats.t_* */
     /* router logits → probs → top-k ids → top-k weights */
     if ((st = linear_w(ctx, &L->router, ctx->xb, ctx->router, n))) return st;
+    add_bias(ctx->router, L->router_b, n, ne);
     dump(ctx, (int)l, "router.f32", ctx->router, (size_t)n * ne * 4);
-    for (int t = 0; t < n; t++) {
-        float *p = ctx->router + (size_t)t * ne, *w = ctx->topk_w + (size_t)t * k;
-        ops_softmax(p, ne);
-        if ((st = ops_topk(p, ne, k, ctx->topk_ids + (size_t)t * k, w))) return st;
-        if (c->norm_topk_prob) {
-            float sum = 0;
-            for (int i = 0; i < k; i++) sum += w[i];
-            for (int i = 0; i < k; i++) w[i] /= sum;
-        }
-    }
+    if ((st = moe_route(c, ctx->router, n, ctx->topk_ids, ctx->topk_w))) return st;
     dump(ctx, (int)l, "moe_topk.i32", ctx->topk_ids, (size_t)n * k * 4);
     dump(ctx, (int)l, "moe_topw.f32", ctx->topk_w, (size_t)n * k * 4);
 
@@ -149,29 +231,59 @@ static int moe(struct sl_context *ctx, uint32_t l, int n) {
     }
     for (int i = 0; i < n * k; i++) ctx->sel_order[start[ctx->topk_ids[i]]++] = i;
 
-    memset(ctx->xb2, 0, (size_t)n * hidden * sizeof(float));
-    for (int e = 0, s = 0; e < ne; s += count[e], e++) {
-        int m = count[e];
-        if (m == 0) continue;
+    /* The distinct experts, in id order; start[e] back to its first slot. */
+    int nd = 0;
+    for (int e = 0; e < ne; e++) {
+        start[e] -= count[e];
+        if (count[e]) ctx->moe_ids[nd++] = e;
+    }
+    struct expert_store *store = ctx->model->experts;
+    if ((st = expert_store_request(store, l, ctx->moe_ids, nd))) return st;
+    memset(ctx->moe_done, 0, (size_t)nd);
+    lookahead(ctx, l, n);
+    double t_now = sl_now();
+    ctx->stats.t_router += t_now - t_stage;
+    t_stage = t_now;
+    double io_before = ctx->stats.t_io_wait;
+
+    /* Compute whichever requested expert is resident next, so that the
+     * resident ones run while the others are read. Each expert's outputs go
+     * to its own rows of moe_tmp. */
+    for (int left = nd; left > 0; left--) {
+        struct expert_view ev;
+        int i;
+        double t_acq = sl_now();
+        st = expert_store_acquire_next(store, l, ctx->moe_ids, ctx->moe_done, nd, &i, &ev);
+        ctx->stats.t_io_wait += sl_now() - t_acq;
+        if (st) break;
+        int e = ctx->moe_ids[i], m = count[e], s0 = start[e];
         for (int j = 0; j < m; j++) { /* gather the tokens routed to e */
-            int t = ctx->sel_order[s + j] / k;
+            int t = ctx->sel_order[s0 + j] / k;
             memcpy(ctx->gather + (size_t)j * hidden, ctx->xb + (size_t)t * hidden,
                    (size_t)hidden * sizeof(float));
         }
-        struct expert_view ev;
-        if ((st = expert_store_acquire(ctx->model->experts, l, (uint32_t)e, &ev))) return st;
         const void *const w[3] = {ev.gate, ev.up, ev.down};
-        st = swiglu_mlp(ctx, ev.dtype, w, (int)c->moe_ffn, ctx->gather, ctx->moe_tmp, m);
-        expert_store_release(ctx->model->experts, l, (uint32_t)e);
-        if (st) return st;
+        st = expert_ffn(ctx, l, e, ev.dtype, w, ctx->gather,
+                        ctx->moe_tmp + (size_t)s0 * hidden, m);
+        expert_store_release(store, l, (uint32_t)e);
+        if (st) break;
         ctx->stats.expert_loads++;
         ctx->stats.expert_bytes_read += ev.bytes;
-        for (int j = 0; j < m; j++) { /* weighted scatter-add */
-            int sel = ctx->sel_order[s + j], t = sel / k;
-            ops_scale_add(ctx->xb2 + (size_t)t * hidden, ctx->moe_tmp + (size_t)j * hidden,
-                          ctx->topk_w[sel], hidden);
-        }
     }
+    if (st) {
+        expert_store_cancel(store, l, ctx->moe_ids, ctx->moe_done, nd);
+        return st;
+    }
+    /* Weighted sum in a fixed order (experts by id, then tokens), whatever
+     * order the experts arrived in: outputs stay bit-identical. */
+    memset(ctx->xb2, 0, (size_t)n * hidden * sizeof(float));
+    for (int j = 0; j < n * k; j++) {
+        int sel = ctx->sel_order[j], t = sel / k;
+        ops_scale_add(ctx->xb2 + (size_t)t * hidden, ctx->moe_tmp + (size_t)j * hidden,
+                      ctx->topk_w[sel], hidden);
+    }
+    /* expert compute = the loop and the sum, less the time in acquire */
+    ctx->stats.t_experts += sl_now() - t_stage - (ctx->stats.t_io_wait - io_before);
     dump(ctx, (int)l, "moe_out.f32", ctx->xb2, (size_t)n * hidden * 4);
     return SL_OK;
 }
@@ -188,11 +300,13 @@ int forward_batch(struct sl_context *ctx, const int32_t *tokens, int n,
                       ctx->x + (size_t)t * hidden);
     for (uint32_t l = 0; l < c->n_layers; l++) {
         const struct layer_weights *L = &m->layers[l];
+        double t_att = sl_now();
         for (int t = 0; t < n; t++)
             ops_rmsnorm(ctx->xb + (size_t)t * hidden, ctx->x + (size_t)t * hidden,
                         L->attn_norm, hidden, c->rms_eps);
         if ((st = attention(ctx, l, pos, n))) return st;
         ops_add(ctx->x, ctx->xb2, n * hidden);
+        ctx->stats.t_attention += sl_now() - t_att;
         for (int t = 0; t < n; t++)
             ops_rmsnorm(ctx->xb + (size_t)t * hidden, ctx->x + (size_t)t * hidden,
                         L->ffn_norm, hidden, c->rms_eps);

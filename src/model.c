@@ -15,6 +15,7 @@
 #include <sys/mman.h>
 
 #include "model.h"
+#include "cpu/ops_ext.h"
 #include "quant.h"
 #include "tokenizer.h"
 #include "util.h"
@@ -24,6 +25,13 @@ struct sl_model_params sl_model_default_params(void) {
     p.n_threads = 0;
     p.use_mlock = 0;
     p.verify = 0;
+    p.ram_cache_bytes = SL_RAM_CACHE_DEFAULT;
+    p.io_mode = SL_IO_DEFAULT;
+    p.cache_policy = SL_CACHE_DEFAULT;
+    p.prefetch = SL_PREFETCH_AUTO;
+    p.io_threads = 0;
+    p.no_uring = 0;
+    p.expert_profile = NULL;
     return p;
 }
 
@@ -74,6 +82,21 @@ static int bind_vector(struct sl_model *m, const char *name, uint64_t n,
     return SL_OK;
 }
 
+/* Finds name and checks it is an f32 matrix [rows, cols] (expert biases). */
+static int bind_f32_matrix(struct sl_model *m, const char *name, uint64_t rows,
+                           uint64_t cols, const float **out) {
+    const struct sl_tensor_info *t = file_find_tensor(&m->file, name);
+    if (!t) return sl_seterr(SL_ERR_FORMAT, "missing tensor %s", name);
+    if (t->n_dims != 2 || t->dims[0] != rows || t->dims[1] != cols ||
+        t->dtype != SL_DTYPE_F32)
+        return sl_seterr(SL_ERR_FORMAT, "tensor %s: expected f32 [%llu, %llu], got %s "
+                         "with %d dims [%llu, ...]", name, (unsigned long long)rows,
+                         (unsigned long long)cols, sl_dtype_name(t->dtype), t->n_dims,
+                         (unsigned long long)t->dims[0]);
+    *out = (const float *)(m->file.map + t->offset);
+    return SL_OK;
+}
+
 static int check_expert_layer(const struct sl_model *m, uint32_t l) {
     const struct sl_config *c = &m->cfg;
     const struct sl_expert_layer *el = file_expert_layer(&m->file, l);
@@ -107,18 +130,41 @@ static int bind_layer(struct sl_model *m, uint32_t l) {
         (st = bind_matrix(m, NAME("self_attn.q_proj.weight"), config_q_dim(c), c->hidden, &L->wq)) ||
         (st = bind_matrix(m, NAME("self_attn.k_proj.weight"), config_kv_dim(c), c->hidden, &L->wk)) ||
         (st = bind_matrix(m, NAME("self_attn.v_proj.weight"), config_kv_dim(c), c->hidden, &L->wv)) ||
-        (st = bind_matrix(m, NAME("self_attn.o_proj.weight"), c->hidden, config_q_dim(c), &L->wo)) ||
-        (st = bind_vector(m, NAME("self_attn.q_norm.weight"), c->head_dim, 0, &L->q_norm)) ||
-        (st = bind_vector(m, NAME("self_attn.k_norm.weight"), c->head_dim, 0, &L->k_norm)))
+        (st = bind_matrix(m, NAME("self_attn.o_proj.weight"), c->hidden, config_q_dim(c), &L->wo)))
         return st;
+    if (c->qk_norm != SL_QK_NORM_NONE) {
+        int full = c->qk_norm == SL_QK_NORM_FULL;
+        if ((st = bind_vector(m, NAME("self_attn.q_norm.weight"),
+                              full ? config_q_dim(c) : c->head_dim, 0, &L->q_norm)) ||
+            (st = bind_vector(m, NAME("self_attn.k_norm.weight"),
+                              full ? config_kv_dim(c) : c->head_dim, 0, &L->k_norm)))
+            return st;
+    }
     int opt = !c->attention_bias;
+    /* qwen3_moe's o_proj has no bias even with attention_bias; gpt_oss's has. */
+    int opt_o = opt || c->arch == SL_ARCH_QWEN3_MOE;
     if ((st = bind_vector(m, NAME("self_attn.q_proj.bias"), config_q_dim(c), opt, &L->bq)) ||
         (st = bind_vector(m, NAME("self_attn.k_proj.bias"), config_kv_dim(c), opt, &L->bk)) ||
         (st = bind_vector(m, NAME("self_attn.v_proj.bias"), config_kv_dim(c), opt, &L->bv)) ||
-        (st = bind_vector(m, NAME("self_attn.o_proj.bias"), c->hidden, 1, &L->bo)))
+        (st = bind_vector(m, NAME("self_attn.o_proj.bias"), c->hidden, opt_o, &L->bo)))
+        return st;
+    if (c->attn_sinks &&
+        (st = bind_vector(m, NAME("self_attn.sinks"), c->n_heads, 0, &L->sinks)))
         return st;
     if (c->layer_is_moe[l]) {
-        if ((st = bind_matrix(m, NAME("mlp.gate.weight"), c->n_experts, c->hidden, &L->router)))
+        const char *router = c->arch == SL_ARCH_MIXTRAL ? "block_sparse_moe.gate.weight"
+                             : c->arch == SL_ARCH_GPT_OSS ? "mlp.router.weight"
+                                                          : "mlp.gate.weight";
+        if ((st = bind_matrix(m, NAME(router), c->n_experts, c->hidden, &L->router)))
+            return st;
+        if (c->router_bias &&
+            (st = bind_vector(m, NAME("mlp.router.bias"), c->n_experts, 0, &L->router_b)))
+            return st;
+        if (c->expert_bias &&
+            ((st = bind_f32_matrix(m, NAME("mlp.experts.gate_up_proj_bias"), c->n_experts,
+                                   2ull * c->moe_ffn, &L->exp_gate_up_b)) ||
+             (st = bind_f32_matrix(m, NAME("mlp.experts.down_proj_bias"), c->n_experts,
+                                   c->hidden, &L->exp_down_b))))
             return st;
         return check_expert_layer(m, l);
     }
@@ -146,6 +192,19 @@ static int bind_model(struct sl_model *m) {
     for (uint32_t l = 0; l < c->n_layers; l++)
         if ((st = bind_layer(m, l))) return st;
     return SL_OK;
+}
+
+/* The YaRN frequency table (plain RoPE computes its own in ops_rope_neox). */
+static int rope_init(struct sl_model *m) {
+    const struct sl_config *c = &m->cfg;
+    m->rope_mscale = 1.0f;
+    if (c->rope_kind != SL_ROPE_YARN) return SL_OK;
+    m->rope_inv_freq = sl_malloc(c->head_dim / 2 * sizeof(float));
+    if (!m->rope_inv_freq) return sl_seterr(SL_ERR_NOMEM, "out of memory (rope table)");
+    m->rope_mscale = c->rope_attn_factor;
+    return ops_rope_yarn_inv_freq(m->rope_inv_freq, (int)c->head_dim, c->rope_theta,
+                                  c->rope_factor, c->rope_beta_fast, c->rope_beta_slow,
+                                  c->rope_orig_ctx, c->rope_truncate);
 }
 
 /* Locks every dense tensor in RAM (best effort is not enough: failure is an
@@ -180,6 +239,7 @@ int sl_model_open(const char *path, const struct sl_model_params *params,
         goto fail;
     }
     if ((st = bind_model(m))) goto fail;
+    if ((st = rope_init(m))) goto fail;
     if (m->file.tokenizer) {
         st = tokenizer_load_json(m->file.tokenizer, m->file.tokenizer_len, &m->tok);
         if (st) {
@@ -194,7 +254,18 @@ int sl_model_open(const char *path, const struct sl_model_params *params,
             goto fail;
         }
     }
-    if ((st = expert_store_create(&m->file, &m->experts))) goto fail;
+    struct expert_store_params sp = {
+        .budget_bytes = m->params.ram_cache_bytes,
+        .io_mode = m->params.io_mode,
+        .policy = m->params.cache_policy,
+        .prefetch = m->params.prefetch,
+        .n_io = m->params.io_threads,
+        .no_uring = m->params.no_uring,
+        .dense_bytes = m->file.dense_bytes,
+        .profile_path = m->params.expert_profile,
+    };
+    if ((st = expert_store_create(&m->file, path, &sp, &m->experts))) goto fail;
+    m->params.expert_profile = NULL; /* borrowed only during open */
     if (m->params.use_mlock && (st = lock_dense(m))) goto fail;
     const struct sl_config *c = &m->cfg;
     uint32_t n_moe = 0;
@@ -218,6 +289,7 @@ void sl_model_close(struct sl_model *m) {
     expert_store_free(m->experts);
     sl_tokenizer_free(m->tok);
     sl_free(m->layers);
+    sl_free(m->rope_inv_freq);
     file_close(&m->file);
     sl_free(m);
 }

@@ -319,7 +319,7 @@ static int cmp_str(const void *a, const void *b) {
 
 /* Sorts by name, rejects duplicates across shards, numbers the tensors. */
 static int finish(struct st_set *s) {
-    qsort(s->t, s->n, sizeof *s->t, cmp_name);
+    if (s->n) qsort(s->t, s->n, sizeof *s->t, cmp_name); /* t may be NULL */
     for (uint32_t i = 0; i < s->n; i++) {
         s->t[i].index = i;
         if (i && strcmp(s->t[i].name, s->t[i - 1].name) == 0)

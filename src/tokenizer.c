@@ -203,7 +203,8 @@ static int jid(const cJSON *v, size_t limit, int32_t *out, const char *what,
         return sl_seterr(SL_ERR_FORMAT, "tokenizer.json: %s \"%s\": id is not a number",
                          what, name);
     double d = v->valuedouble;
-    if (!(d >= 0) || d != (double)(int64_t)d)
+    /* range first: casting a double >= 2^63 to int64_t is undefined */
+    if (!(d >= 0) || (d < 9.0e15 && d != (double)(int64_t)d))
         return sl_seterr(SL_ERR_FORMAT,
                          "tokenizer.json: %s \"%s\": id %g is not a non-negative integer",
                          what, name, d);

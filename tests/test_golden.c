@@ -118,7 +118,7 @@ static int fixtures_list(char names[FX_MAX][64]) {
         struct stat st;
         if (e->d_name[0] == '.' || strlen(e->d_name) >= 64) continue;
         snprintf(p, sizeof p, "%s/%s/config.json", fx_root(), e->d_name);
-        if (stat(p, &st) == 0) snprintf(names[n++], 64, "%s", e->d_name);
+        if (stat(p, &st) == 0) snprintf(names[n++], 64, "%.63s", e->d_name); /* length checked above */
     }
     closedir(d);
     qsort(names, (size_t)n, 64, name_cmp);

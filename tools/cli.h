@@ -9,6 +9,9 @@
 #ifndef SL_TOOLS_CLI_H
 #define SL_TOOLS_CLI_H
 
+#include <stddef.h>
+#include <stdint.h>
+
 /* sluice synth --preset NAME [-o OUT] [--layers N] [--experts bf16|q8|q4]
  *              [--dense bf16|q8|f32] [--skew GINI] [--seed S]
  *              [--tokenizer FILE] [--quiet]
@@ -18,5 +21,36 @@ int cli_synth(int argc, char **argv);
 /* sluice bench -m MODEL ... [--json]: prompt and decode speed
  * (tools/cli_bench.c). */
 int cli_bench(int argc, char **argv);
+
+/* sluice perplexity -m MODEL --text-file F [--window N] [--max-tokens N]
+ *                   [--kl-ref REF] [-t THREADS] [--json]
+ * Perplexity, and KL / top-1 agreement against REF (tools/cli_perplexity.c,
+ * docs/quality.md). */
+int cli_perplexity(int argc, char **argv);
+
+/* Read bandwidth of path in GB/s with O_DIRECT, n_inflight reads of block
+ * bytes (multiple of 4096) at random aligned offsets for about seconds
+ * (tools/cli_bench_disk.c). Returns -1 with a message in err on failure. */
+double bench_disk_read_gbs(const char *path, int n_inflight, uint64_t block, double seconds,
+                           char *err, size_t err_len);
+
+/* sluice export-gguf MODEL.sluice -o OUT.gguf [--tokenizer F] [--quiet]:
+ * the model as a GGUF qwen3moe file, same weights (tools/cli_export_gguf.c). */
+int cli_export_gguf(int argc, char **argv);
+
+/* Expert-store flags (tools/cli_store.c): if argv[*i] is one of --ram-cache
+ * SIZE, --io direct|buffered|mmap, --cache-policy lru|lfu, --prefetch
+ * 0|1|2 (off, auto, always), --expert-profile FILE, --io-threads N,
+ * --no-uring, --mlock, stores it in *mp (advancing *i past a value) and
+ * returns 1; returns 0 for any other flag, -1 (message on stderr) for a bad
+ * value. */
+struct sl_model_params;
+struct sl_model;
+struct sl_stats;
+int cli_store_flag(const char *cmd, int argc, char **argv, int *i,
+                   struct sl_model_params *mp);
+/* Prints the expert cache line and its counters (and per layer) on stderr. */
+void cli_print_store_stats(const struct sl_model *m, const struct sl_stats *st,
+                           int per_layer);
 
 #endif /* SL_TOOLS_CLI_H */

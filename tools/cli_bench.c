@@ -5,7 +5,15 @@
  * memory bandwidth. A benchmark, not a test: it asserts nothing.
  *
  * Output: a device line and a model line, then one line per repetition and
- * a summary on stderr; with --json one JSON object on stdout.
+ * a summary on stderr (prompt and decode tok/s mean ± sd, ms per token by
+ * stage, active bytes per token, achieved GB/s against the measured RAM
+ * bandwidth, expert cache hit rate, disk bytes and GB/s per token, logits
+ * hash); with --json one JSON object on stdout (the schema bench/report.py
+ * reads: docs/benchmarks.md). `--disk FILE` measures the disk tier's limit
+ * (O_DIRECT, tools/cli_bench_disk.c), alone or next to a model run.
+ *
+ * The trace: token i is splitmix64(seed)_i mod n_vocab; --trace-out writes
+ * it as a JSON array so that peers (bench/peers/) feed the same ids.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -16,6 +24,8 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+
+#include <cJSON.h>
 
 #include "cli.h"
 #include "sluice.h"
@@ -112,45 +122,107 @@ static void mean_sd(const double *v, int n, double *mean, double *sd) {
 
 static int bench_usage(const char *msg, const char *arg) {
     fprintf(stderr, "sluice bench: %s%s\n", msg, arg ? arg : "");
-    fprintf(stderr, "usage: sluice bench -m MODEL [--prompt N] [--gen N] [--reps R] "
-                    "[--seed S] [-t THREADS] [--json]\n");
+    fprintf(stderr, "usage: sluice bench -m MODEL [--prompt N] [--gen N] [--reps R] [--warmup W]\n"
+                    "                    [--seed S] [-t THREADS] [--scenario NAME] [--trace-out F]\n"
+                    "                    [--disk FILE [--disk-qd N] [--disk-block BYTES]] [--json]\n"
+                    "                    [--ram-cache SIZE] [--io direct|buffered|mmap] [...store flags]\n"
+                    "       sluice bench --disk FILE [--disk-qd N] [--disk-block BYTES] [--json]\n");
     return 2;
 }
 
+/* Per-repetition figures. */
+struct rep {
+    double pp, tg;              /* tok/s */
+    double ebt;                 /* expert record bytes per decoded token */
+    double stage[5];            /* decode ms/token: attention, router, experts,
+                                   io wait, other */
+    double hits, uses;          /* expert cache, decode phase */
+    double disk_bpt;            /* bytes read from the file per decoded token */
+};
+
+static const char *const stage_names[5] = {"attention", "router", "experts", "io_wait", "other"};
+
+static void write_trace(const char *path, const int32_t *trace, size_t n) {
+    FILE *f = fopen(path, "w");
+    if (!f) {
+        fprintf(stderr, "sluice bench: --trace-out %s: %s\n", path, strerror(errno));
+        return;
+    }
+    fputc('[', f);
+    for (size_t i = 0; i < n; i++) fprintf(f, "%s%d", i ? "," : "", trace[i]);
+    fputs("]\n", f);
+    fclose(f);
+}
+
 int cli_bench(int argc, char **argv) {
-    const char *path = NULL;
-    long n_prompt = 128, n_gen = 128, reps = 3, n_threads = 0, seed = 1234;
+    const char *path = NULL, *disk = NULL, *scenario = "", *trace_out = NULL;
+    long n_prompt = 128, n_gen = 128, reps = 3, n_threads = 0, seed = 1234, warmup = 1;
+    long disk_qd = 8, disk_block = 4 << 20;
     int json = 0;
+    struct sl_model_params mp = sl_model_default_params();
     for (int i = 1; i < argc; i++) {
         const char *s = argv[i];
         long *dst = NULL;
-        if (!strcmp(s, "-m")) {
-            if (++i >= argc) return bench_usage("-m needs a value", NULL);
-            path = argv[i];
-            continue;
-        }
+        const char **sdst = NULL;
         if (!strcmp(s, "--json")) {
             json = 1;
             continue;
         }
-        if (!strcmp(s, "--prompt")) dst = &n_prompt;
+        int sf = cli_store_flag("sluice bench", argc, argv, &i, &mp);
+        if (sf < 0) return 2;
+        if (sf > 0) continue;
+        if (!strcmp(s, "-m")) sdst = &path;
+        else if (!strcmp(s, "--disk")) sdst = &disk;
+        else if (!strcmp(s, "--scenario")) sdst = &scenario;
+        else if (!strcmp(s, "--trace-out")) sdst = &trace_out;
+        else if (!strcmp(s, "--prompt")) dst = &n_prompt;
         else if (!strcmp(s, "--gen")) dst = &n_gen;
         else if (!strcmp(s, "--reps")) dst = &reps;
+        else if (!strcmp(s, "--warmup")) dst = &warmup;
         else if (!strcmp(s, "--seed")) dst = &seed;
+        else if (!strcmp(s, "--disk-qd")) dst = &disk_qd;
+        else if (!strcmp(s, "--disk-block")) dst = &disk_block;
         else if (!strcmp(s, "-t") || !strcmp(s, "--threads")) dst = &n_threads;
         else return bench_usage("unknown option ", s);
         if (++i >= argc) return bench_usage("missing value for ", s);
+        if (sdst) {
+            *sdst = argv[i];
+            continue;
+        }
         char *end;
         errno = 0;
         *dst = strtol(argv[i], &end, 10);
-        if (errno || *end || end == argv[i] || *dst < 0 || *dst > (1L << 24))
+        if (errno || *end || end == argv[i] || *dst < 0 || *dst > (1L << 30))
             return bench_usage("bad number: ", argv[i]);
     }
-    if (!path) return bench_usage("missing -m MODEL", NULL);
+    if (!path && !disk) return bench_usage("missing -m MODEL", NULL);
     if (reps < 1 || reps > 100) return bench_usage("--reps must be 1..100", NULL);
+    if (warmup > 100) return bench_usage("--warmup must be 0..100", NULL);
     if (n_prompt < 1) return bench_usage("--prompt must be >= 1", NULL);
+    if (disk_qd < 1 || disk_qd > 256) return bench_usage("--disk-qd must be 1..256", NULL);
+    if (disk_block < 4096 || disk_block % 4096)
+        return bench_usage("--disk-block must be a multiple of 4096", NULL);
 
-    struct sl_model_params mp = sl_model_default_params();
+    double disk_gbs = 0;
+    if (disk) {
+        char err[512];
+        disk_gbs = bench_disk_read_gbs(disk, (int)disk_qd, (uint64_t)disk_block, 3.0, err,
+                                       sizeof err);
+        if (disk_gbs < 0) {
+            fprintf(stderr, "sluice bench: %s\n", err);
+            return 1;
+        }
+        fprintf(stderr, "disk: %s, O_DIRECT random %ld KiB reads, %ld in flight: %.2f GB/s\n",
+                disk, disk_block >> 10, disk_qd, disk_gbs);
+        if (!path) {
+            if (json)
+                printf("{\"scenario\":\"%s\",\"engine\":\"disk\",\"disk_file\":\"%s\","
+                       "\"disk_qd\":%ld,\"disk_block\":%ld,\"disk_read_gbs\":%.3f}\n",
+                       *scenario ? scenario : "disk", disk, disk_qd, disk_block, disk_gbs);
+            return 0;
+        }
+    }
+
     mp.n_threads = (int)n_threads;
     struct sl_model *m;
     if (sl_model_open(path, &mp, &m) != SL_OK) {
@@ -175,26 +247,27 @@ int cli_bench(int argc, char **argv) {
     fprintf(stderr, "model: %s | %s | dense %.1f MiB, experts %.1f MiB\n", path,
             sl_model_desc(m), (double)sl_model_dense_bytes(m) / (1 << 20),
             (double)sl_model_expert_bytes(m) / (1 << 20));
+    fprintf(stderr, "%s\n", sl_model_expert_cache_desc(m));
 
     /* The trace: seeded random ids, the same for every build and rep. */
     int32_t n_vocab = sl_model_n_vocab(m);
     size_t n_trace = (size_t)(n_prompt + n_gen);
     int32_t *trace = malloc(n_trace * sizeof *trace);
-    double *pp = calloc((size_t)reps, sizeof(double)), *tg = calloc((size_t)reps, sizeof(double));
-    double *ebt = calloc((size_t)reps, sizeof(double));
+    struct rep *rp = calloc((size_t)(reps + warmup), sizeof *rp);
     int rc = 1;
-    if (!trace || !pp || !tg || !ebt) {
+    if (!trace || !rp) {
         fprintf(stderr, "sluice bench: out of memory\n");
         goto done;
     }
     uint64_t x = (uint64_t)seed;
     for (size_t i = 0; i < n_trace; i++) trace[i] = (int32_t)(splitmix(&x) % (uint64_t)n_vocab);
+    if (trace_out) write_trace(trace_out, trace, n_trace);
 
     uint64_t hash = 0;
-    for (long r = 0; r < reps; r++) {
+    for (long r = 0; r < reps + warmup; r++) {
+        struct rep *R = &rp[r];
         sl_context_reset(ctx);
-        struct sl_stats s0, s1, s2;
-        sl_context_stats(ctx, &s0);
+        struct sl_stats s1, s2;
         double t0 = now();
         if (sl_eval(ctx, trace, (size_t)n_prompt, NULL) != SL_OK) goto eval_fail;
         double t1 = now();
@@ -203,50 +276,150 @@ int cli_bench(int argc, char **argv) {
             if (sl_eval(ctx, &trace[n_prompt + i], 1, NULL) != SL_OK) goto eval_fail;
         double t2 = now();
         sl_context_stats(ctx, &s2);
-        pp[r] = (double)n_prompt / (t1 - t0);
-        tg[r] = n_gen ? (double)n_gen / (t2 - t1) : 0;
-        ebt[r] = n_gen ? (double)(s2.expert_bytes_read - s1.expert_bytes_read) / (double)n_gen : 0;
+        R->pp = (double)n_prompt / (t1 - t0);
+        R->tg = n_gen ? (double)n_gen / (t2 - t1) : 0;
+        double g = n_gen ? (double)n_gen : 1;
+        R->ebt = (double)(s2.expert_bytes_read - s1.expert_bytes_read) / g;
+        R->stage[0] = 1e3 * (s2.t_attention - s1.t_attention) / g;
+        R->stage[1] = 1e3 * (s2.t_router - s1.t_router) / g;
+        R->stage[2] = 1e3 * (s2.t_experts - s1.t_experts) / g;
+        R->stage[3] = 1e3 * (s2.t_io_wait - s1.t_io_wait) / g;
+        R->stage[4] = 1e3 * (t2 - t1) / g - R->stage[0] - R->stage[1] - R->stage[2] - R->stage[3];
+        R->hits = (double)(s2.cache_hits - s1.cache_hits);
+        R->uses = R->hits + (double)(s2.cache_misses - s1.cache_misses) +
+                  (double)(s2.prefetch_hits - s1.prefetch_hits);
+        R->disk_bpt = (double)(s2.cache_bytes_read - s1.cache_bytes_read) / g;
         const float *lg = sl_logits(ctx);
         uint64_t h = 0xcbf29ce484222325ull;
         const unsigned char *b = (const unsigned char *)lg;
         for (size_t i = 0; i < (size_t)n_vocab * sizeof(float); i++) h = (h ^ b[i]) * 0x100000001b3ull;
         hash = h;
-        fprintf(stderr, "rep %ld: prompt %.2f tok/s, decode %.2f tok/s, logits hash %016" PRIx64 "\n",
-                r + 1, pp[r], tg[r], h);
-        (void)s0;
+        fprintf(stderr, "%s %ld: prompt %.2f tok/s, decode %.2f tok/s, logits hash %016" PRIx64 "\n",
+                r < warmup ? "warm-up" : "rep", r < warmup ? r + 1 : r - warmup + 1, R->pp, R->tg, h);
     }
-    double ppm, pps, tgm, tgs, ebm, ebs;
-    mean_sd(pp, (int)reps, &ppm, &pps);
-    mean_sd(tg, (int)reps, &tgm, &tgs);
-    mean_sd(ebt, (int)reps, &ebm, &ebs);
+    /* statistics over the measured repetitions only */
+    double v[100], ppm, pps, tgm, tgs, ebm, ebs, st[5], sd_unused, hits = 0, uses = 0, dbm, dbs;
+    struct rep *M = rp + warmup;
+#define MEAN_SD(field, mean, sd)                                  \
+    do {                                                          \
+        for (long r_ = 0; r_ < reps; r_++) v[r_] = M[r_].field;   \
+        mean_sd(v, (int)reps, &(mean), &(sd));                    \
+    } while (0)
+    MEAN_SD(pp, ppm, pps);
+    MEAN_SD(tg, tgm, tgs);
+    MEAN_SD(ebt, ebm, ebs);
+    MEAN_SD(disk_bpt, dbm, dbs);
+    for (int k = 0; k < 5; k++) MEAN_SD(stage[k], st[k], sd_unused);
+#undef MEAN_SD
+    for (long r = 0; r < reps; r++) {
+        hits += M[r].hits;
+        uses += M[r].uses;
+    }
     double active = (double)sl_model_active_dense_bytes(m) + ebm;
     double gbs = active * tgm / 1e9;
     double limit = bw > 0 ? bw * 1e9 / active : 0;
+    /* The tier that binds decode: RAM unless experts come from disk. */
+    double disk_limit = disk_gbs > 0 && dbm > 0 ? disk_gbs * 1e9 / dbm : 0;
     fprintf(stderr,
             "prompt: %.2f ± %.2f tok/s (%ld tokens) | decode: %.2f ± %.2f tok/s, %.1f ms/token (%ld tokens)\n"
+            "decode ms/token by stage: attention %.2f, router %.2f, experts %.2f, I/O wait %.2f, "
+            "other %.2f\n"
             "active bytes/token: %.1f MiB (dense %.1f + experts %.1f) | achieved %.2f GB/s = %.0f%% "
-            "of measured RAM bandwidth | limit %.2f tok/s\n",
-            ppm, pps, n_prompt, tgm, tgs, tgm > 0 ? 1000 / tgm : 0, n_gen, active / (1 << 20),
-            (double)sl_model_active_dense_bytes(m) / (1 << 20), ebm / (1 << 20), gbs,
-            bw > 0 ? 100 * gbs / bw : 0, limit);
-    if (json)
-        printf("{\"model\":\"%s\",\"backend\":\"%s\",\"threads\":%d,\"cpu\":\"%s\","
-               "\"ram_read_gbs\":%.2f,\"prompt_tokens\":%ld,\"gen_tokens\":%ld,\"reps\":%ld,"
-               "\"prompt_tps\":%.3f,\"prompt_tps_sd\":%.3f,\"decode_tps\":%.3f,"
-               "\"decode_tps_sd\":%.3f,\"active_bytes_per_token\":%.0f,"
-               "\"expert_bytes_per_token\":%.0f,\"achieved_gbs\":%.3f,"
-               "\"limit_tps\":%.3f,\"logits_hash\":\"%016" PRIx64 "\"}\n",
-               sl_model_desc(m), sl_backend_desc(), threads, cpu, bw, n_prompt, n_gen, reps,
-               ppm, pps, tgm, tgs, active, ebm, gbs, limit, hash);
+            "of measured RAM bandwidth | limit %.2f tok/s\n"
+            "expert cache (decode): hit %.1f%% of %.0f uses | disk %.2f MiB/token, %.3f GB/s%s",
+            ppm, pps, n_prompt, tgm, tgs, tgm > 0 ? 1000 / tgm : 0, n_gen, st[0], st[1], st[2],
+            st[3], st[4], active / (1 << 20), (double)sl_model_active_dense_bytes(m) / (1 << 20),
+            ebm / (1 << 20), gbs, bw > 0 ? 100 * gbs / bw : 0, limit,
+            uses > 0 ? 100 * hits / uses : 0, uses, dbm / (1 << 20), dbm * tgm / 1e9,
+            disk_limit > 0 ? "" : "\n");
+    if (disk_limit > 0)
+        fprintf(stderr, " | disk limit %.2f tok/s (%.0f%% reached)\n", disk_limit,
+                100 * tgm / disk_limit);
+    if (json) {
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "scenario", scenario);
+        cJSON_AddStringToObject(o, "engine", "sluice");
+        cJSON_AddStringToObject(o, "version", SLUICE_VERSION_STRING);
+        cJSON_AddStringToObject(o, "model_path", path);
+        cJSON_AddStringToObject(o, "model", sl_model_desc(m));
+        cJSON_AddStringToObject(o, "backend", sl_backend_desc());
+        cJSON_AddStringToObject(o, "cpu", cpu);
+        cJSON_AddNumberToObject(o, "n_cpus", (double)sysconf(_SC_NPROCESSORS_ONLN));
+        cJSON_AddNumberToObject(o, "threads", threads);
+        cJSON_AddStringToObject(o, "expert_cache", sl_model_expert_cache_desc(m));
+        cJSON_AddNumberToObject(o, "ram_read_gbs", bw);
+        cJSON_AddNumberToObject(o, "prompt_tokens", (double)n_prompt);
+        cJSON_AddNumberToObject(o, "gen_tokens", (double)n_gen);
+        cJSON_AddNumberToObject(o, "reps", (double)reps);
+        cJSON_AddNumberToObject(o, "warmup", (double)warmup);
+        cJSON_AddNumberToObject(o, "seed", (double)seed);
+        cJSON_AddNumberToObject(o, "prompt_tps", ppm);
+        cJSON_AddNumberToObject(o, "prompt_tps_sd", pps);
+        cJSON_AddNumberToObject(o, "decode_tps", tgm);
+        cJSON_AddNumberToObject(o, "decode_tps_sd", tgs);
+        cJSON *stages = cJSON_AddObjectToObject(o, "decode_ms_per_token");
+        for (int k = 0; k < 5; k++) cJSON_AddNumberToObject(stages, stage_names[k], st[k]);
+        cJSON_AddNumberToObject(o, "active_bytes_per_token", active);
+        cJSON_AddNumberToObject(o, "dense_active_bytes", (double)sl_model_active_dense_bytes(m));
+        cJSON_AddNumberToObject(o, "expert_bytes_per_token", ebm);
+        cJSON_AddNumberToObject(o, "achieved_gbs", gbs);
+        cJSON_AddNumberToObject(o, "limit_tps", limit);
+        cJSON_AddNumberToObject(o, "cache_hit_rate", uses > 0 ? hits / uses : 0);
+        struct sl_stats fin;
+        sl_context_stats(ctx, &fin);
+        cJSON_AddNumberToObject(o, "cache_budget_bytes", (double)fin.cache_budget_bytes);
+        cJSON_AddNumberToObject(o, "expert_bytes", (double)sl_model_expert_bytes(m));
+        { /* expert store, whole run (prompt + decode, all reps) */
+            double u = (double)(fin.cache_hits + fin.cache_misses + fin.prefetch_hits);
+            double cand = (double)(fin.cache_misses + fin.prefetch_hits);
+            cJSON *cs = cJSON_AddObjectToObject(o, "expert_store_run");
+            cJSON_AddNumberToObject(cs, "hit", u > 0 ? (double)fin.cache_hits / u : 0);
+            cJSON_AddNumberToObject(cs, "prefetch_hit", u > 0 ? (double)fin.prefetch_hits / u : 0);
+            cJSON_AddNumberToObject(cs, "miss", u > 0 ? (double)fin.cache_misses / u : 0);
+            cJSON_AddNumberToObject(cs, "prefetch_accuracy",
+                                    cand > 0 ? (double)fin.prefetch_hits / cand : 0);
+            cJSON_AddNumberToObject(cs, "prefetch_issued", (double)fin.prefetch_issued);
+            cJSON_AddNumberToObject(cs, "prefetch_precision",
+                                    fin.prefetch_issued ? (double)fin.prefetch_useful /
+                                                              (double)fin.prefetch_issued : 0);
+            cJSON_AddNumberToObject(cs, "prefetch_wasted_bytes", (double)fin.prefetch_wasted_bytes);
+            cJSON_AddNumberToObject(cs, "lookahead_accuracy",
+                                    fin.lookahead_total ? (double)fin.lookahead_hits /
+                                                              (double)fin.lookahead_total : 0);
+            cJSON_AddNumberToObject(cs, "bytes_read", (double)fin.cache_bytes_read);
+            cJSON_AddNumberToObject(cs, "read_gbs", fin.io_busy_seconds > 0
+                                    ? (double)fin.cache_bytes_read / fin.io_busy_seconds / 1e9 : 0);
+            cJSON_AddNumberToObject(cs, "stall_seconds", fin.io_stall_seconds);
+            cJSON_AddNumberToObject(cs, "peak_bytes", (double)fin.cache_peak_bytes);
+        }
+        double la[3] = {0, 0, 0};
+        FILE *lf = fopen("/proc/loadavg", "r");
+        if (lf) {
+            if (fscanf(lf, "%lf %lf %lf", &la[0], &la[1], &la[2]) != 3) la[0] = la[1] = la[2] = 0;
+            fclose(lf);
+        }
+        cJSON_AddItemToObject(o, "loadavg", cJSON_CreateDoubleArray(la, 3));
+        cJSON_AddNumberToObject(o, "disk_bytes_per_token", dbm);
+        cJSON_AddNumberToObject(o, "disk_gbs", dbm * tgm / 1e9);
+        if (disk) {
+            cJSON_AddNumberToObject(o, "disk_read_gbs", disk_gbs);
+            cJSON_AddNumberToObject(o, "disk_limit_tps", disk_limit);
+        }
+        char hs[17];
+        snprintf(hs, sizeof hs, "%016" PRIx64, hash);
+        cJSON_AddStringToObject(o, "logits_hash", hs);
+        char *txt = cJSON_PrintUnformatted(o);
+        if (txt) printf("%s\n", txt);
+        free(txt);
+        cJSON_Delete(o);
+    }
     rc = 0;
     goto done;
 eval_fail:
     fprintf(stderr, "sluice bench: %s\n", sl_errmsg());
 done:
     free(trace);
-    free(pp);
-    free(tg);
-    free(ebt);
+    free(rp);
     sl_context_free(ctx);
     sl_model_close(m);
     return rc;

@@ -30,12 +30,20 @@ static const char usage_text[] =
     "commands:\n"
     "  convert HF_DIR -o OUT.sluice [--experts bf16|q8|q4] [--dense bf16|q8|f32] [--quiet]\n"
     "  run     [-m MODEL] -p TEXT [-n N] [--temp T] [--top-k K] [--top-p P] [--seed S]\n"
-    "          [-t THREADS] [--ctx N] [--device cpu] [--timing]\n"
-    "  logits  -m MODEL --tokens 1,2,3 -o OUT.f32 [--generate N] [-t THREADS]\n"
+    "          [-t THREADS] [--ctx N] [--device cpu] [--timing] [STORE FLAGS]\n"
+    "  logits  -m MODEL --tokens 1,2,3 -o OUT.f32 [--generate N] [-t THREADS] [--timing]\n"
+    "          [STORE FLAGS]\n"
     "  tokenize (-m MODEL | --tokenizer tokenizer.json) --text-file F\n"
     "  inspect MODEL [--verify]\n"
     "  bench   -m MODEL [--prompt N] [--gen N] [--reps R] [--seed S] [-t THREADS] [--json]\n"
     "  synth   --preset NAME [-o OUT] [--layers N] [--experts D] [--dense D] [--skew G]\n"
+    "  perplexity -m MODEL --text-file F [--window N] [--max-tokens N] [--kl-ref REF] [--json]\n"
+    "  export-gguf MODEL.sluice -o OUT.gguf [--tokenizer tokenizer.json] [--quiet]\n"
+    "\n"
+    "STORE FLAGS (run, logits, bench; docs/streaming.md):\n"
+    "  --ram-cache SIZE (512M, 4G, 1.5G, all; default: from available memory)\n"
+    "  --io direct|buffered|mmap  --cache-policy lru|lfu  --prefetch 0|1|2\n"
+    "  --expert-profile FILE  --io-threads N  --no-uring  --mlock\n"
     "\n"
     "Without -m, run uses $SLUICE_MODEL or the default model built next to the\n"
     "sluice binary (build/default.sluice).\n";
@@ -134,9 +142,7 @@ static const char *default_model_path(void) {
     return path;
 }
 
-static int open_model(const char *path, int n_threads, struct sl_model **m) {
-    struct sl_model_params mp = sl_model_default_params();
-    mp.n_threads = n_threads;
+static int open_model_p(const char *path, struct sl_model_params mp, struct sl_model **m) {
     if (sl_model_open(path, &mp, m) != SL_OK) {
         fprintf(stderr, "%s: %s\n", cmd_name, sl_errmsg());
         if (access(path, F_OK) != 0 && !getenv("SLUICE_MODEL"))
@@ -144,6 +150,12 @@ static int open_model(const char *path, int n_threads, struct sl_model **m) {
         return 1;
     }
     return 0;
+}
+
+static int open_model(const char *path, int n_threads, struct sl_model **m) {
+    struct sl_model_params mp = sl_model_default_params();
+    mp.n_threads = n_threads;
+    return open_model_p(path, mp, m);
 }
 
 /* ---- convert ---- */
@@ -181,6 +193,7 @@ static int cmd_run(int argc, char **argv) {
     long n_gen = 128, n_threads = 0, n_ctx = 0, seed = 0x5eed;
     int timing = 0;
     struct sl_sampler_params sp = sl_sampler_default_params();
+    struct sl_model_params mp = sl_model_default_params();
     for (; a.i < argc && !a.bad; a.i++) {
         const char *s = argv[a.i];
         long v;
@@ -204,11 +217,12 @@ static int cmd_run(int argc, char **argv) {
                 }
                 return usage_error("--device: unknown device '%s' (cpu, cuda)", d);
             }
-        } else if (!strcmp(s, "--ram-cache") || !strcmp(s, "--gpu-cache")) {
-            fprintf(stderr, "%s: %s: the expert cache is not in this build yet "
-                    "(experts are read through the page cache)\n", cmd_name, s);
+        } else if (!strcmp(s, "--gpu-cache")) {
+            fprintf(stderr, "%s: %s: this build has no GPU expert cache yet\n", cmd_name, s);
             return 1;
-        } else return usage_error("unknown option %s", s);
+        } else if ((v = cli_store_flag(cmd_name, argc, argv, &a.i, &mp)) < 0) {
+            return usage_error("bad expert-store option");
+        } else if (v == 0) return usage_error("unknown option %s", s);
     }
     if (a.bad) return EXIT_USAGE;
     if (!prompt) return usage_error("missing -p TEXT");
@@ -222,7 +236,8 @@ static int cmd_run(int argc, char **argv) {
     int32_t *ids = NULL;
     size_t n_ids = 0;
     int rc = 1;
-    if (open_model(model_path, (int)n_threads, &m)) return 1;
+    mp.n_threads = (int)n_threads;
+    if (open_model_p(model_path, mp, &m)) return 1;
     const struct sl_tokenizer *tok = sl_model_tokenizer(m);
     if (!tok) {
         fprintf(stderr, "%s: %s has no tokenizer; HINT: use `sluice logits --tokens`\n",
@@ -294,6 +309,7 @@ static int cmd_run(int argc, char **argv) {
             st.decode_seconds > 0 ? (double)st.n_decode_tokens / st.decode_seconds : 0,
             (double)st.expert_bytes_read / (1 << 20),
             n_tok ? (double)st.expert_bytes_read / (1 << 20) / (double)n_tok : 0);
+    if (timing) cli_print_store_stats(m, &st, 1);
     rc = 0;
 done:
     free(ids);
@@ -343,6 +359,8 @@ static int cmd_logits(int argc, char **argv) {
     struct args a = {argc, 1, argv, 0};
     const char *model_path = NULL, *tokens_s = NULL, *out_path = NULL;
     long n_gen = 0, n_threads = 0;
+    int timing = 0, v;
+    struct sl_model_params mp = sl_model_default_params();
     for (; a.i < argc && !a.bad; a.i++) {
         const char *s = argv[a.i];
         if (!strcmp(s, "-m")) model_path = arg_value(&a);
@@ -350,7 +368,10 @@ static int cmd_logits(int argc, char **argv) {
         else if (!strcmp(s, "-o")) out_path = arg_value(&a);
         else if (!strcmp(s, "--generate")) parse_long(&a, 0, 1 << 24, &n_gen);
         else if (!strcmp(s, "-t") || !strcmp(s, "--threads")) parse_long(&a, 0, 1024, &n_threads);
-        else return usage_error("unknown option %s", s);
+        else if (!strcmp(s, "--timing")) timing = 1;
+        else if ((v = cli_store_flag(cmd_name, argc, argv, &a.i, &mp)) < 0)
+            return usage_error("bad expert-store option");
+        else if (v == 0) return usage_error("unknown option %s", s);
     }
     if (a.bad) return EXIT_USAGE;
     if (!model_path) return usage_error("missing -m MODEL");
@@ -368,7 +389,8 @@ static int cmd_logits(int argc, char **argv) {
     float *all = NULL;
     FILE *f = NULL;
     int rc = 1;
-    if (open_model(model_path, (int)n_threads, &m)) goto done;
+    mp.n_threads = (int)n_threads;
+    if (open_model_p(model_path, mp, &m)) goto done;
     struct sl_context_params cp = sl_context_default_params();
     cp.n_ctx = (uint32_t)(n + (size_t)n_gen);
     if (sl_context_create(m, &cp, &ctx) != SL_OK) {
@@ -407,6 +429,11 @@ static int cmd_logits(int argc, char **argv) {
             }
         }
         printf("]}\n");
+    }
+    if (timing) {
+        struct sl_stats st;
+        sl_context_stats(ctx, &st);
+        cli_print_store_stats(m, &st, 1);
     }
     rc = 0;
 done:
@@ -546,6 +573,8 @@ int main(int argc, char **argv) {
     if (!strcmp(c, "inspect")) return cmd_inspect(argc, argv);
     if (!strcmp(c, "bench")) return cli_bench(argc, argv);
     if (!strcmp(c, "synth")) return cli_synth(argc, argv);
+    if (!strcmp(c, "perplexity")) return cli_perplexity(argc, argv);
+    if (!strcmp(c, "export-gguf")) return cli_export_gguf(argc, argv);
     cmd_name = "sluice";
     return usage_error("unknown command '%s'", c);
 }

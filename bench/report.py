@@ -1,0 +1,239 @@
+#!/usr/bin/env python3
+"""report.py — turns bench/results/*.json into docs/benchmarks.md tables and
+docs/benchmarks/*.png plots (`make bench-report`). Never edit the generated
+part by hand: rerun the benchmark, commit its JSON, regenerate.
+
+docs/benchmarks.md has two parts:
+  - hand-written prose (methods, caveats, sections whose tools do not emit
+    JSON yet), anywhere OUTSIDE the markers below: kept verbatim;
+  - the generated part, between
+        <!-- BEGIN GENERATED: make bench-report -->
+        <!-- END GENERATED -->
+    replaced on every run (appended at the end the first time).
+
+Result kinds it understands (the "kind"/"engine" keys):
+  - "kind": "peer"    — a scenario run side by side with peers
+                        (bench/peers/llamacpp.sh): one table per scenario,
+                        columns machine, command, sluice, peer, ratio, limit,
+                        % of limit; prompt and decode rows.
+  - "engine": "sluice" — a plain `sluice bench --json` line (saved as .json
+                        or .jsonl): listed per scenario; results that differ
+                        only in cache budget become a tok/s-vs-cache plot.
+  - "engine": "disk"   — `sluice bench --disk FILE --json`: physical limits.
+  - "kind": "table"   — any other tool's results: {"kind": "table",
+                        "title", "columns": [...], "rows": [[...]], "note"}
+                        rendered as is (e.g. bench_matvec once it emits JSON).
+Anything else is listed as skipped, never silently dropped.
+"""
+import argparse
+import glob
+import json
+import os
+import sys
+
+BEGIN = "<!-- BEGIN GENERATED: make bench-report -->"
+END = "<!-- END GENERATED -->"
+
+
+def load(paths):
+    out = []
+    for p in sorted(paths):
+        try:
+            with open(p) as f:
+                text = f.read()
+            try:
+                objs = [json.loads(text)]
+            except json.JSONDecodeError:
+                objs = [json.loads(l) for l in text.splitlines() if l.strip()]
+        except (OSError, json.JSONDecodeError) as e:
+            print(f"report.py: skipping {p}: {e}", file=sys.stderr)
+            continue
+        for o in objs:
+            o["_file"] = os.path.basename(p)
+            out.append(o)
+    return out
+
+
+def fmt(x, sd=None, digits=2):
+    if x is None:
+        return "—"
+    s = f"{x:.{digits}f}"
+    return s + (f" ± {sd:.{digits}f}" if sd else "")
+
+
+def machine(o):
+    m = o.get("machine", o)
+    la = m.get("loadavg")
+    load = f", load {la[0]}" if la else ""
+    return f"{m.get('cpu', '?')}, {m.get('n_cpus', '?')} cpus{load}"
+
+
+def short_cmd(c):
+    """Paths shortened to their base names, so that the table stays readable."""
+    return " ".join(os.path.basename(w) if "/" in w and not w.startswith("build/") else w
+                    for w in c.split())
+
+
+def sd_of(rounds, key):
+    v = [r[key] for r in rounds]
+    if len(v) < 2:
+        return rounds[0].get(key + "_sd") if rounds else None
+    m = sum(v) / len(v)
+    return (sum((x - m) ** 2 for x in v) / (len(v) - 1)) ** 0.5
+
+
+def peer_section(scen, runs):
+    L = [f"### {scen}: sluice next to its peers", ""]
+    L.append("| machine | command | metric | sluice tok/s | peer | peer tok/s | ratio sluice/peer "
+             "| limit | % of limit |")
+    L.append("|---|---|---|---:|---|---:|---:|---|---:|")
+    notes = []
+    for o in runs:
+        s, lim = o["sluice"], o.get("limit", {})
+        for p in o.get("peers", []):
+            for metric, key in (("prompt", "prompt_tps"), ("decode", "decode_tps")):
+                sv, pv = s[key], p[key]
+                if metric == "decode" and lim.get("decode_tps"):
+                    lt = (f"{lim['decode_tps']:.2f} tok/s ({lim.get('gbs', 0):.1f} GB/s ÷ "
+                          f"{lim.get('active_bytes_per_token', 0) / 2**20:.1f} MiB/token)")
+                    pct = f"{100 * sv / lim['decode_tps']:.0f}% (peer {100 * pv / lim['decode_tps']:.0f}%)"
+                else:
+                    lt, pct = "compute-bound (no memory limit binds)", "—"
+                L.append(f"| {machine(o)} | `{short_cmd(s['command'])}` | {metric} | "
+                         f"{fmt(sv, sd_of(s['rounds'], key))} | {p['name']} ({p.get('version', '?')}) "
+                         f"| {fmt(pv, sd_of(p['rounds'], key))} | **{sv / pv:.2f}** | {lt} | {pct} |")
+        for p in o.get("peers", []):
+            notes.append(f"- {o['_file']}: peer command `{short_cmd(p['command'])}`; build: "
+                         f"{p.get('build', '?')}; weights: {p.get('weights', '?')}.")
+        if o.get("logits_check"):
+            c = o["logits_check"]
+            notes.append(f"- {o['_file']}: same-weights check on a small model: max |Δlogit| / "
+                         f"max |logit| = {c['max_rel_diff']:.4f}, min cosine {c['min_cosine']:.6f}, "
+                         f"argmax agrees {c['argmax_agree']}.")
+        st = s["rounds"][0].get("decode_ms_per_token")
+        if st:
+            notes.append(f"- {o['_file']}: sluice decode ms/token by stage (round 1): " +
+                         ", ".join(f"{k} {v:.2f}" for k, v in st.items()) + ".")
+    return L + [""] + notes + [""]
+
+
+def sluice_section(scen, runs, plot_dir, rel_dir):
+    L = [f"### {scen}: sluice bench", "",
+         "| machine | model | cache budget | prompt tok/s | decode tok/s | active MiB/token "
+         "| GB/s achieved | limit tok/s | % of limit | hit rate | disk MiB/token | logits hash |",
+         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for o in runs:
+        lim = o.get("limit_tps") or 0
+        L.append(f"| {machine(o)} | {o.get('model', '?')} | "
+                 f"{o.get('cache_budget_bytes', 0) / 2**30:.2f} GiB | "
+                 f"{fmt(o['prompt_tps'], o.get('prompt_tps_sd'))} | "
+                 f"{fmt(o['decode_tps'], o.get('decode_tps_sd'))} | "
+                 f"{o.get('active_bytes_per_token', 0) / 2**20:.1f} | {fmt(o.get('achieved_gbs'))} | "
+                 f"{fmt(lim)} | {100 * o['decode_tps'] / lim:.0f}% | "
+                 f"{100 * o.get('cache_hit_rate', 0):.1f}% | "
+                 f"{o.get('disk_bytes_per_token', 0) / 2**20:.2f} | `{o.get('logits_hash', '')}` |"
+                 if lim else
+                 f"| {machine(o)} | {o.get('model', '?')} | — | {fmt(o['prompt_tps'])} | "
+                 f"{fmt(o['decode_tps'])} | — | — | — | — | — | — | `{o.get('logits_hash', '')}` |")
+    L.append("")
+    by_model = {}
+    for o in runs:
+        if "cache_budget_bytes" in o:
+            by_model.setdefault(o.get("model", "?"), []).append(o)
+    for i, (model, rs) in enumerate(by_model.items()):
+        sizes = sorted({r["cache_budget_bytes"] for r in rs})
+        if len(sizes) < 2:
+            continue
+        png = f"{scen}-cache-{i}.png"
+        if plot_cache(rs, os.path.join(plot_dir, png), f"{scen}: {model}"):
+            L += [f"![decode tok/s against expert cache size]({rel_dir}/{png})", ""]
+    return L
+
+
+def plot_cache(rs, path, title):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("report.py: matplotlib missing: no plots (pip install matplotlib)", file=sys.stderr)
+        return False
+    rs = sorted(rs, key=lambda r: r["cache_budget_bytes"])
+    eb = rs[0].get("expert_bytes") or 1
+    x = [100 * r["cache_budget_bytes"] / eb for r in rs]
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    ax.errorbar(x, [r["decode_tps"] for r in rs], yerr=[r.get("decode_tps_sd", 0) for r in rs],
+                marker="o", label="decode")
+    ax.errorbar(x, [r["prompt_tps"] for r in rs], yerr=[r.get("prompt_tps_sd", 0) for r in rs],
+                marker="s", label="prompt")
+    ax.set_xlabel("expert cache (% of expert bytes)")
+    ax.set_ylabel("tok/s")
+    ax.set_title(title, fontsize=8)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fig.savefig(path, metadata={"Software": None})
+    plt.close(fig)
+    return True
+
+
+def generate(results, plot_dir, rel_dir):
+    L = [BEGIN, "", "## Results (generated)", "",
+         "Generated by `make bench-report` (bench/report.py) from bench/results/*.json — edit "
+         "the JSON's producer, not this part. Ratios are sluice ÷ peer on the same machine, "
+         "in the same script run, on the same weights and token trace.", ""]
+    peers, plain, disks, tables, skipped = {}, {}, [], [], []
+    for o in results:
+        if o.get("kind") == "peer":
+            peers.setdefault(o["scenario"], []).append(o)
+        elif o.get("kind") == "table":
+            tables.append(o)
+        elif o.get("engine") == "sluice":
+            plain.setdefault(o.get("scenario") or "unnamed", []).append(o)
+        elif o.get("engine") == "disk":
+            disks.append(o)
+        else:
+            skipped.append(o["_file"])
+    for scen in sorted(peers):
+        L += peer_section(scen, peers[scen])
+    for scen in sorted(plain):
+        L += sluice_section(scen, plain[scen], plot_dir, rel_dir)
+    if disks:
+        L += ["### Physical limits: disk read bandwidth", "",
+              "| file | reads in flight | block | GB/s (O_DIRECT, random) |", "|---|---:|---:|---:|"]
+        L += [f"| {os.path.basename(d['disk_file'])} | {d['disk_qd']} | "
+              f"{d['disk_block'] >> 10} KiB | {d['disk_read_gbs']:.2f} |" for d in disks]
+        L.append("")
+    for t in tables:
+        L += [f"### {t.get('title', t['_file'])}", "",
+              "| " + " | ".join(t["columns"]) + " |", "|" + "---|" * len(t["columns"])]
+        L += ["| " + " | ".join(str(c) for c in row) + " |" for row in t["rows"]]
+        L += ["", t.get("note", ""), ""]
+    if skipped:
+        L += ["Skipped (unknown kind): " + ", ".join(sorted(set(skipped))), ""]
+    L.append(END)
+    return "\n".join(L) + "\n"
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--results", default="bench/results")
+    ap.add_argument("--doc", default="docs/benchmarks.md")
+    a = ap.parse_args()
+    results = load(glob.glob(os.path.join(a.results, "*.json")) +
+                   glob.glob(os.path.join(a.results, "*.jsonl")))
+    doc_dir = os.path.dirname(a.doc)
+    gen = generate(results, os.path.join(doc_dir, "benchmarks"), "benchmarks")
+    old = open(a.doc).read() if os.path.exists(a.doc) else "# Benchmarks\n\n"
+    if BEGIN in old and END in old:
+        new = old[:old.index(BEGIN)] + gen + old[old.index(END) + len(END) + 1:]
+    else:
+        new = old.rstrip("\n") + "\n\n" + gen
+    with open(a.doc, "w") as f:
+        f.write(new)
+    print(f"report.py: {len(results)} results -> {a.doc}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
