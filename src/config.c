@@ -36,7 +36,7 @@
 #define MAX_EXPERTS (1u << 16)
 #define MAX_CTX (1u << 30)
 
-static const char *supported_types = "qwen3_moe, mixtral, olmoe, gpt_oss";
+static const char *supported_types = "qwen3_moe, mixtral, olmoe, gpt_oss, deepseek_v3";
 
 const char *config_supported_types(void) { return supported_types; }
 
@@ -321,6 +321,79 @@ static int family_parse(struct sl_config *c, const cJSON *root) {
     return SL_OK;
 }
 
+/* A string key that must be absent, null or equal to want. */
+static int check_string_value(const cJSON *root, const char *key, const char *want) {
+    const cJSON *it = cJSON_GetObjectItemCaseSensitive(root, key);
+    if (!it || cJSON_IsNull(it)) return SL_OK;
+    if (!cJSON_IsString(it) || strcmp(it->valuestring, want) != 0)
+        return sl_seterr(SL_ERR_UNSUPPORTED, "%s %s%.64s%s is not supported "
+                         "(only \"%s\")", key, cJSON_IsString(it) ? "'" : "",
+                         cJSON_IsString(it) ? it->valuestring : json_type_name(it),
+                         cJSON_IsString(it) ? "'" : "", want);
+    return SL_OK;
+}
+
+/* deepseek_v3 (DeepseekV3Config of transformers 5.24): multi-head latent
+ * attention, the noaux_tc router, dense first layers, shared experts. Absent
+ * keys take HF's class defaults; q_lora_rank null means a direct q_proj
+ * (absent means 1536, HF's default). HF sets head_dim = qk_rope_head_dim. */
+static int deepseek_parse(struct sl_config *c, const cJSON *root) {
+    int rc;
+    uint32_t freq;
+    const cJSON *ql = cJSON_GetObjectItemCaseSensitive(root, "q_lora_rank");
+    if (ql && cJSON_IsNull(ql)) c->q_lora_rank = 0;
+    else if ((rc = get_uint(root, "q_lora_rank", 0, 1536, 1, MAX_HIDDEN, &c->q_lora_rank)))
+        return rc;
+    if ((rc = get_uint(root, "kv_lora_rank", 0, 512, 1, MAX_HIDDEN, &c->kv_lora_rank)) ||
+        (rc = get_uint(root, "qk_nope_head_dim", 0, 128, 0, MAX_HEAD_DIM,
+                       &c->qk_nope_head_dim)) ||
+        (rc = get_uint(root, "qk_rope_head_dim", 0, 64, 2, 1024, &c->qk_rope_head_dim)) ||
+        (rc = get_uint(root, "v_head_dim", 0, 128, 1, MAX_HEAD_DIM, &c->v_head_dim)) ||
+        (rc = get_uint(root, "n_shared_experts", 0, 1, 0, 64, &c->n_shared_experts)) ||
+        (rc = get_uint(root, "first_k_dense_replace", 0, 3, 0, c->n_layers,
+                       &c->first_k_dense)) ||
+        (rc = get_uint(root, "moe_layer_freq", 0, 1, 1, SL_MAX_LAYERS, &freq)) ||
+        (rc = get_uint(root, "n_group", 0, 8, 1, SL_MAX_GROUPS, &c->n_group)) ||
+        (rc = get_uint(root, "topk_group", 0, 4, 1, MAX_EXPERTS, &c->topk_group)) ||
+        (rc = get_bool(root, "norm_topk_prob", 1, &c->norm_topk_prob)) ||
+        (rc = get_bool(root, "rope_interleave", 1, &c->rope_interleave)) ||
+        (rc = get_opt_pos_float(root, "routed_scaling_factor", "", 2.5f,
+                                &c->routed_scaling_factor)) ||
+        (rc = check_string_value(root, "topk_method", "noaux_tc")) ||
+        (rc = check_string_value(root, "scoring_func", "sigmoid")))
+        return rc;
+    if (freq != 1)
+        return sl_seterr(SL_ERR_UNSUPPORTED, "moe_layer_freq = %u is not "
+                         "supported (only 1: every layer from first_k_dense_replace "
+                         "on is MoE, as transformers runs it)", freq);
+    if (c->attention_bias)
+        return sl_seterr(SL_ERR_UNSUPPORTED, "attention_bias = true is not "
+                         "supported for deepseek_v3");
+    if (c->qk_rope_head_dim % 2)
+        return sl_seterr(SL_ERR_CONFIG, "qk_rope_head_dim = %u must be even "
+                         "(RoPE rotates pairs)", c->qk_rope_head_dim);
+    if (c->n_experts % c->n_group || c->n_experts / c->n_group < 2)
+        return sl_seterr(SL_ERR_CONFIG, "n_group = %u must divide n_routed_experts "
+                         "= %u into groups of at least 2 (groups are ranked by "
+                         "their top-2)", c->n_group, c->n_experts);
+    if (c->topk_group > c->n_group)
+        return sl_seterr(SL_ERR_CONFIG, "topk_group = %u exceeds n_group = %u",
+                         c->topk_group, c->n_group);
+    if (c->n_experts_used > c->topk_group * (c->n_experts / c->n_group))
+        return sl_seterr(SL_ERR_CONFIG, "num_experts_per_tok = %u exceeds the "
+                         "%u experts of topk_group = %u groups", c->n_experts_used,
+                         c->topk_group * (c->n_experts / c->n_group), c->topk_group);
+    const cJSON *mo = cJSON_GetObjectItemCaseSensitive(root, "mlp_only_layers");
+    if (mo && !(cJSON_IsNull(mo) || (cJSON_IsArray(mo) && cJSON_GetArraySize(mo) == 0)))
+        return sl_seterr(SL_ERR_UNSUPPORTED, "mlp_only_layers is not supported "
+                         "for deepseek_v3 (first_k_dense_replace says which "
+                         "layers are dense)");
+    c->head_dim = c->qk_rope_head_dim;
+    c->decoder_sparse_step = 1;
+    c->router_kind = SL_ROUTER_NOAUX_TC;
+    return SL_OK;
+}
+
 /* rope_scaling (hub spelling) or rope_parameters (transformers >= 4.56):
  * plain RoPE or YaRN, resolved exactly as transformers'
  * _compute_yarn_parameters does (factor, if null, is max_position_embeddings
@@ -381,12 +454,25 @@ static int parse_rope_yarn(struct sl_config *c, const cJSON *root) {
     if ((rc = get_bool(r, "truncate", 1, &c->rope_truncate))) return rc;
     const cJSON *ms = cJSON_GetObjectItemCaseSensitive(r, "mscale");
     const cJSON *msa = cJSON_GetObjectItemCaseSensitive(r, "mscale_all_dim");
-    if ((cJSON_IsNumber(ms) && ms->valuedouble != 0) ||
-        (cJSON_IsNumber(msa) && msa->valuedouble != 0))
+    if ((ms && !cJSON_IsNull(ms) && !cJSON_IsNumber(ms)) ||
+        (msa && !cJSON_IsNull(msa) && !cJSON_IsNumber(msa)))
+        return sl_seterr(SL_ERR_CONFIG, "%smscale / mscale_all_dim must be "
+                         "numbers", where);
+    double m1 = cJSON_IsNumber(ms) ? ms->valuedouble : 0;
+    double m2 = cJSON_IsNumber(msa) ? msa->valuedouble : 0;
+    if (c->arch != SL_ARCH_DEEPSEEK_V3 && (m1 != 0 || m2 != 0))
         return sl_seterr(SL_ERR_UNSUPPORTED, "%smscale / mscale_all_dim are "
-                         "not supported", where);
+                         "not supported for %s", where, c->model_type);
+    if (!isfinite(m1) || !isfinite(m2) || m2 < 0)
+        return sl_seterr(SL_ERR_CONFIG, "%smscale / mscale_all_dim must be "
+                         "finite (mscale_all_dim >= 0)", where);
+    c->rope_mscale_all_dim = (float)m2;
     float f = c->rope_factor;
+    /* HF: mscale and mscale_all_dim both set: the ratio of their mscales. */
     float def = f <= 1 ? 1.0f : (float)(0.1 * log((double)f) + 1.0);
+    if (m1 != 0 && m2 != 0 && f > 1)
+        def = (float)((0.1 * m1 * log((double)f) + 1.0) /
+                      (0.1 * m2 * log((double)f) + 1.0));
     return get_opt_pos_float(r, "attention_factor", where, def,
                              &c->rope_attn_factor);
 }
@@ -406,7 +492,8 @@ static int parse_root(struct sl_config *c, const cJSON *root) {
                          "string, got %s", json_type_name(mt));
     static const struct { const char *name; int arch; } archs[] = {
         {"qwen3_moe", SL_ARCH_QWEN3_MOE}, {"mixtral", SL_ARCH_MIXTRAL},
-        {"olmoe", SL_ARCH_OLMOE}, {"gpt_oss", SL_ARCH_GPT_OSS}};
+        {"olmoe", SL_ARCH_OLMOE}, {"gpt_oss", SL_ARCH_GPT_OSS},
+        {"deepseek_v3", SL_ARCH_DEEPSEEK_V3}};
     c->arch = 0;
     for (size_t i = 0; i < sizeof archs / sizeof archs[0]; i++)
         if (strcmp(mt->valuestring, archs[i].name) == 0) c->arch = archs[i].arch;
@@ -415,6 +502,7 @@ static int parse_root(struct sl_config *c, const cJSON *root) {
                          "supported; supported: %s", mt->valuestring,
                          supported_types);
     int qwen = c->arch == SL_ARCH_QWEN3_MOE;
+    int deepseek = c->arch == SL_ARCH_DEEPSEEK_V3;
     snprintf(c->model_type, sizeof c->model_type, "%s", mt->valuestring);
 
     const cJSON *act = cJSON_GetObjectItemCaseSensitive(root, "hidden_act");
@@ -439,6 +527,7 @@ static int parse_root(struct sl_config *c, const cJSON *root) {
     if (qwen && !cJSON_GetObjectItemCaseSensitive(root, "num_experts") &&
         cJSON_GetObjectItemCaseSensitive(root, "num_local_experts"))
         experts_key = "num_local_experts";
+    if (deepseek) experts_key = "n_routed_experts";
 
     if ((rc = get_uint(root, "num_hidden_layers", 1, 0, 1, SL_MAX_LAYERS,
                        &c->n_layers)) ||
@@ -453,7 +542,7 @@ static int parse_root(struct sl_config *c, const cJSON *root) {
         (rc = get_uint(root, "max_position_embeddings", 1, 0, 1, MAX_CTX,
                        &c->n_ctx_train)) ||
         (rc = get_uint(root, "intermediate_size", 1, 0, 1, MAX_FFN, &c->ffn)) ||
-        (rc = get_uint(root, qwen ? "moe_intermediate_size" : "intermediate_size",
+        (rc = get_uint(root, qwen || deepseek ? "moe_intermediate_size" : "intermediate_size",
                        1, 0, 1, MAX_FFN, &c->moe_ffn)) ||
         (rc = get_uint(root, experts_key, 1, 0, 1, MAX_EXPERTS,
                        &c->n_experts)) ||
@@ -487,11 +576,12 @@ static int parse_root(struct sl_config *c, const cJSON *root) {
                          "head_dim = %llu is implausibly large",
                          (unsigned long long)c->n_heads * c->head_dim);
 
-    if (!qwen && (rc = family_parse(c, root))) return rc;
+    if (deepseek && (rc = deepseek_parse(c, root))) return rc;
+    if (!qwen && !deepseek && (rc = family_parse(c, root))) return rc;
 
     /* rope_theta: top level (transformers < 4.56) or inside rope_parameters
      * (newer); rope scaling is not implemented except YaRN for gpt_oss. */
-    if (c->arch == SL_ARCH_GPT_OSS) {
+    if (c->arch == SL_ARCH_GPT_OSS || deepseek) {
         if ((rc = parse_rope_yarn(c, root))) return rc;
     } else if ((rc = check_rope_type(root, "rope_scaling")) ||
                (rc = check_rope_type(root, "rope_parameters"))) {
@@ -528,6 +618,8 @@ static int parse_root(struct sl_config *c, const cJSON *root) {
         c->layer_is_moe[i] = !dense_only[i] && c->n_experts > 0 &&
                              (i + 1) % c->decoder_sparse_step == 0;
     if (qwen) c->qk_norm = SL_QK_NORM_HEAD;
+    for (uint32_t i = 0; deepseek && i < c->n_layers; i++) /* HF: layer_idx >= */
+        c->layer_is_moe[i] = i >= c->first_k_dense;         /* first_k_dense_replace */
 
     c->bos_id = -1;
     c->n_eos = 0;
@@ -607,13 +699,31 @@ int config_to_manifest(const struct sl_config *c, int expert_dtype,
     /* qwen3_moe's keys come first and in this order (its manifests are
      * byte-identical to those written before the other families existed);
      * the other families spell their keys as their config.json does. */
-    int qwen = c->arch == SL_ARCH_QWEN3_MOE;
+    int qwen = c->arch == SL_ARCH_QWEN3_MOE, deepseek = c->arch == SL_ARCH_DEEPSEEK_V3;
     NUM("intermediate_size", c->ffn);
-    if (qwen) NUM("moe_intermediate_size", c->moe_ffn);
-    NUM(c->arch == SL_ARCH_MIXTRAL || c->arch == SL_ARCH_GPT_OSS
-            ? "num_local_experts" : "num_experts", c->n_experts);
+    if (qwen || deepseek) NUM("moe_intermediate_size", c->moe_ffn);
+    NUM(c->arch == SL_ARCH_MIXTRAL || c->arch == SL_ARCH_GPT_OSS ? "num_local_experts"
+        : deepseek ? "n_routed_experts" : "num_experts", c->n_experts);
     NUM("num_experts_per_tok", c->n_experts_used);
-    if (qwen || c->arch == SL_ARCH_OLMOE) BOOL("norm_topk_prob", c->norm_topk_prob);
+    if (qwen || deepseek || c->arch == SL_ARCH_OLMOE)
+        BOOL("norm_topk_prob", c->norm_topk_prob);
+    if (deepseek) { /* MLA, router and layer keys; see deepseek_parse */
+        if (c->q_lora_rank) NUM("q_lora_rank", c->q_lora_rank);
+        else ok &= cJSON_AddNullToObject(r, "q_lora_rank") != NULL;
+        NUM("kv_lora_rank", c->kv_lora_rank);
+        NUM("qk_nope_head_dim", c->qk_nope_head_dim);
+        NUM("qk_rope_head_dim", c->qk_rope_head_dim);
+        NUM("v_head_dim", c->v_head_dim);
+        NUM("n_shared_experts", c->n_shared_experts);
+        NUM("first_k_dense_replace", c->first_k_dense);
+        NUM("moe_layer_freq", 1);
+        NUM("n_group", c->n_group);
+        NUM("topk_group", c->topk_group);
+        ok &= cJSON_AddStringToObject(r, "topk_method", "noaux_tc") != NULL;
+        ok &= cJSON_AddStringToObject(r, "scoring_func", "sigmoid") != NULL;
+        NUM("routed_scaling_factor", float_for_json(c->routed_scaling_factor));
+        BOOL("rope_interleave", c->rope_interleave);
+    }
     if (qwen) NUM("decoder_sparse_step", c->decoder_sparse_step);
     NUM("rms_norm_eps", float_for_json(c->rms_eps));
     NUM("rope_theta", float_for_json(c->rope_theta));
@@ -630,6 +740,9 @@ int config_to_manifest(const struct sl_config *c, int expert_dtype,
             ok &= cJSON_AddBoolToObject(y, "truncate", c->rope_truncate != 0) != NULL;
             ok &= cJSON_AddNumberToObject(y, "attention_factor",
                                           float_for_json(c->rope_attn_factor)) != NULL;
+            if (c->rope_mscale_all_dim != 0)
+                ok &= cJSON_AddNumberToObject(y, "mscale_all_dim",
+                                              float_for_json(c->rope_mscale_all_dim)) != NULL;
         }
     } else {
         ok &= cJSON_AddNullToObject(r, "rope_scaling") != NULL;
@@ -645,7 +758,7 @@ int config_to_manifest(const struct sl_config *c, int expert_dtype,
         for (uint32_t i = 0; ok && i < c->n_layers; i++)
             if (!c->layer_is_moe[i])
                 ok &= cJSON_AddItemToArray(mo, cJSON_CreateNumber(i));
-    } else {
+    } else if (!deepseek) {
         if (c->sliding_window) NUM("sliding_window", c->sliding_window);
         else ok &= cJSON_AddNullToObject(r, "sliding_window") != NULL;
         cJSON *lt = cJSON_AddArrayToObject(r, "layer_types");
