@@ -23,6 +23,26 @@ ISA_avx512 = -mavx512f -mavx512bw -mavx512vl -mavx512dq -mfma -mf16c
 
 LIB_SRC  := $(wildcard src/*.c src/cpu/*.c)
 LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
+
+# The CUDA backend (src/cuda/*.cu, docs/cuda.md): built when nvcc is found
+# (on the PATH or in /usr/local/cuda); NO_CUDA=1 builds the CPU backend only
+# (then --device cuda fails with "built without CUDA"). CUARCH picks the
+# targets: by default Hopper machine code (sm_90a) plus portable PTX.
+ifneq ($(NO_CUDA),1)
+NVCC    ?= $(shell command -v nvcc 2>/dev/null || { test -x /usr/local/cuda/bin/nvcc && echo /usr/local/cuda/bin/nvcc; })
+endif
+CU_SRC  := $(wildcard src/cuda/*.cu)
+ifneq ($(strip $(NVCC)),)
+ifneq ($(strip $(CU_SRC)),)
+CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
+CUARCH  ?= -gencode=arch=compute_90a,code=sm_90a -gencode=arch=compute_80,code=compute_80
+NVCCFLAGS ?= -O3 -std=c++17 -lineinfo
+CU_OBJ  := $(CU_SRC:%.cu=$(BUILD)/%.o)
+LIB_OBJ += $(CU_OBJ)
+CFLAGS  += -DSLUICE_CUDA
+LDLIBS  += -L$(CUDA_HOME)/lib64 -lcudart_static -ldl -lrt -lstdc++
+endif
+endif
 LIB      := $(BUILD)/libsluice.a
 TOOL_SRC := $(wildcard tools/*.c)
 TOOL_MAIN:= $(wildcard tools/sluice*.c)
@@ -47,6 +67,11 @@ $(BUILD)/%_avx512.o: %_avx512.c
 $(BUILD)/%.o: %.c
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) $(DEPFLAGS) -c $< -o $@
+
+$(BUILD)/%.o: %.cu
+	@mkdir -p $(@D)
+	$(NVCC) $(NVCCFLAGS) $(CUARCH) -DSLUICE_CUDA -Iinclude -Isrc \
+	  -Xcompiler -Wall,-Wextra,-Wno-unused-parameter,-fno-strict-aliasing -MMD -MP -c $< -o $@
 
 $(LIB): $(LIB_OBJ)
 	@mkdir -p $(@D)
@@ -89,7 +114,7 @@ asan:
 TSAN_TESTS ?= test_threads test_faults
 # tsan: the threaded tests (TSAN_TESTS) under ThreadSanitizer, built with clang
 tsan:
-	$(MAKE) CC=clang BUILD=build/tsan OPT=-O1 SAN="-fsanitize=thread" \
+	$(MAKE) CC=clang BUILD=build/tsan OPT=-O1 SAN="-fsanitize=thread" NO_CUDA=1 \
 	  $(TSAN_TESTS:%=build/tsan/tests/%)
 	for t in $(TSAN_TESTS); do \
 	  TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" build/tsan/tests/$$t || exit 1; \
@@ -111,7 +136,7 @@ fuzz-check: fuzz-build
 	tests/fuzz/run.sh build/fuzz $(FUZZ_CHECK_SECONDS)
 
 fuzz-build:
-	$(MAKE) CC=clang BUILD=build/fuzz OPT=-O1 SAN="$(FUZZ_SAN)" \
+	$(MAKE) CC=clang BUILD=build/fuzz OPT=-O1 SAN="$(FUZZ_SAN)" NO_CUDA=1 \
 	  $(FUZZ_SRC:tests/fuzz/%.c=build/fuzz/%)
 $(BUILD)/fuzz_%: tests/fuzz/fuzz_%.c $(LIB)
 	$(CC) $(CFLAGS) -fsanitize=fuzzer $(DEPFLAGS) -MF $@.d $< $(LIB) $(LDLIBS) -o $@

@@ -71,6 +71,11 @@ void sl_set_log(sl_log_fn fn, void *user, int max_level);
 
 /* The compute backend in words ("cpu avx512"). Constant string. */
 const char *sl_backend_desc(void);
+/* The backend a model runs on: sl_backend_desc() on the CPU, else the GPU,
+ * its memory and the GPU cache ("cuda NVIDIA H100 80GB HBM3 (sm_90, 79.1
+ * GiB), gpu cache 6144 slots x 3.0 MiB"). Borrowed, model lifetime. */
+struct sl_model;
+const char *sl_model_backend_desc(const struct sl_model *model);
 
 /* ---- data types of stored tensors ------------------------------------- */
 
@@ -132,6 +137,18 @@ enum sl_prefetch_mode {
     SL_PREFETCH_ALWAYS = 1, /* lookahead, never paused */
 };
 
+/* Where the forward pass runs. */
+enum sl_device {
+    SL_DEVICE_CPU = 0,      /* the CPU backend (default) */
+    SL_DEVICE_CUDA = 1,     /* an NVIDIA GPU: sl_model_open fails
+                               (SL_ERR_UNSUPPORTED) without one */
+    SL_DEVICE_AUTO = 2,     /* CUDA when a GPU and a CUDA build are there,
+                               else the CPU with a warning */
+};
+#define SL_GPU_CACHE_AUTO 0ull  /* every expert if they fit in free device
+                                   memory, else 90% of what remains after the
+                                   dense weights and a reserve */
+
 struct sl_model_params {
     int n_threads;          /* compute threads; 0 = number of online CPUs */
     int use_mlock;          /* nonzero: mlock the dense tensors */
@@ -148,6 +165,11 @@ struct sl_model_params {
     const char *expert_profile; /* usage profile: pins the most used experts
                                at open if the file exists, written back at
                                close; NULL = none (borrowed during open) */
+    int device;             /* enum sl_device (docs/cuda.md) */
+    uint64_t gpu_cache_bytes; /* SL_DEVICE_CUDA: GPU expert cache budget in
+                               bytes (a hard limit on expert bytes in device
+                               memory), or SL_GPU_CACHE_AUTO / SL_RAM_CACHE_ALL
+                               (every expert resident) */
 };
 struct sl_model_params sl_model_default_params(void);
 
@@ -280,6 +302,12 @@ struct sl_stats {
     double t_experts;            /* routed expert compute and weighted sum */
     double t_io_wait;            /* inside expert_store_acquire* (waiting for
                                     reads, or a resident expert's lookup) */
+    /* SL_DEVICE_CUDA: the GPU expert cache (model-wide; zero on the CPU). */
+    uint64_t gpu_hits;           /* uses found in device memory */
+    uint64_t gpu_uploads;        /* uses copied host -> device first */
+    uint64_t gpu_h2d_bytes;      /* bytes copied host -> device (experts) */
+    double gpu_h2d_seconds;      /* device time of those copies */
+    uint64_t gpu_cache_bytes;    /* the GPU cache budget (slots x record) */
 };
 void sl_context_stats(const struct sl_context *ctx, struct sl_stats *out);
 

@@ -36,7 +36,8 @@
 #define MAX_EXPERTS (1u << 16)
 #define MAX_CTX (1u << 30)
 
-static const char *supported_types = "qwen3_moe, mixtral, olmoe, gpt_oss, deepseek_v3";
+static const char *supported_types = "qwen3_moe, mixtral, olmoe, gpt_oss, deepseek_v3, "
+                                      "qwen3_next, qwen3_5_moe, qwen3_5_moe_text";
 
 const char *config_supported_types(void) { return supported_types; }
 
@@ -482,6 +483,10 @@ static int parse_root(struct sl_config *c, const cJSON *root) {
     if (!cJSON_IsObject(root))
         return sl_seterr(SL_ERR_CONFIG, "top level must be a JSON "
                          "object, got %s", json_type_name(root));
+    /* qwen3_5_moe's multimodal wrapper: the text model's keys are in
+     * text_config (config_hybrid.c). */
+    const cJSON *wrapper = NULL;
+    if ((rc = config_hybrid_unwrap(&root, &wrapper))) return rc;
 
     const cJSON *mt = cJSON_GetObjectItemCaseSensitive(root, "model_type");
     if (!mt)
@@ -493,7 +498,8 @@ static int parse_root(struct sl_config *c, const cJSON *root) {
     static const struct { const char *name; int arch; } archs[] = {
         {"qwen3_moe", SL_ARCH_QWEN3_MOE}, {"mixtral", SL_ARCH_MIXTRAL},
         {"olmoe", SL_ARCH_OLMOE}, {"gpt_oss", SL_ARCH_GPT_OSS},
-        {"deepseek_v3", SL_ARCH_DEEPSEEK_V3}};
+        {"deepseek_v3", SL_ARCH_DEEPSEEK_V3}, {"qwen3_next", SL_ARCH_QWEN3_NEXT},
+        {"qwen3_5_moe_text", SL_ARCH_QWEN3_5_MOE}};
     c->arch = 0;
     for (size_t i = 0; i < sizeof archs / sizeof archs[0]; i++)
         if (strcmp(mt->valuestring, archs[i].name) == 0) c->arch = archs[i].arch;
@@ -501,7 +507,9 @@ static int parse_root(struct sl_config *c, const cJSON *root) {
         return sl_seterr(SL_ERR_UNSUPPORTED, "model_type '%.64s' is not "
                          "supported; supported: %s", mt->valuestring,
                          supported_types);
-    int qwen = c->arch == SL_ARCH_QWEN3_MOE;
+    /* The hybrid families share qwen3_moe's keys and add their own. */
+    int hybrid = config_is_hybrid(c);
+    int qwen = c->arch == SL_ARCH_QWEN3_MOE || hybrid;
     int deepseek = c->arch == SL_ARCH_DEEPSEEK_V3;
     snprintf(c->model_type, sizeof c->model_type, "%s", mt->valuestring);
 
@@ -541,7 +549,8 @@ static int parse_root(struct sl_config *c, const cJSON *root) {
         (rc = get_uint(root, "vocab_size", 1, 0, 1, MAX_VOCAB, &c->n_vocab)) ||
         (rc = get_uint(root, "max_position_embeddings", 1, 0, 1, MAX_CTX,
                        &c->n_ctx_train)) ||
-        (rc = get_uint(root, "intermediate_size", 1, 0, 1, MAX_FFN, &c->ffn)) ||
+        (rc = get_uint(root, "intermediate_size", !hybrid, 0, !hybrid, MAX_FFN,
+                       &c->ffn)) ||
         (rc = get_uint(root, qwen || deepseek ? "moe_intermediate_size" : "intermediate_size",
                        1, 0, 1, MAX_FFN, &c->moe_ffn)) ||
         (rc = get_uint(root, experts_key, 1, 0, 1, MAX_EXPERTS,
@@ -550,7 +559,7 @@ static int parse_root(struct sl_config *c, const cJSON *root) {
                        &c->n_experts_used)) ||
         (rc = get_uint(root, "decoder_sparse_step", 0, 1, 1, SL_MAX_LAYERS,
                        &c->decoder_sparse_step)) ||
-        (rc = get_bool(root, "norm_topk_prob", 0, &c->norm_topk_prob)) ||
+        (rc = get_bool(root, "norm_topk_prob", hybrid, &c->norm_topk_prob)) ||
         (rc = get_bool(root, "attention_bias", c->arch == SL_ARCH_GPT_OSS,
                        &c->attention_bias)) ||
         (rc = get_bool(root, "tie_word_embeddings", 0, &c->tie_embeddings)) ||
@@ -618,6 +627,8 @@ static int parse_root(struct sl_config *c, const cJSON *root) {
         c->layer_is_moe[i] = !dense_only[i] && c->n_experts > 0 &&
                              (i + 1) % c->decoder_sparse_step == 0;
     if (qwen) c->qk_norm = SL_QK_NORM_HEAD;
+    c->rope_dim = c->head_dim;
+    if (hybrid && (rc = config_hybrid_parse(c, root, wrapper))) return rc;
     for (uint32_t i = 0; deepseek && i < c->n_layers; i++) /* HF: layer_idx >= */
         c->layer_is_moe[i] = i >= c->first_k_dense;         /* first_k_dense_replace */
 
@@ -699,7 +710,8 @@ int config_to_manifest(const struct sl_config *c, int expert_dtype,
     /* qwen3_moe's keys come first and in this order (its manifests are
      * byte-identical to those written before the other families existed);
      * the other families spell their keys as their config.json does. */
-    int qwen = c->arch == SL_ARCH_QWEN3_MOE, deepseek = c->arch == SL_ARCH_DEEPSEEK_V3;
+    int hybrid = config_is_hybrid(c);
+    int qwen = c->arch == SL_ARCH_QWEN3_MOE || hybrid, deepseek = c->arch == SL_ARCH_DEEPSEEK_V3;
     NUM("intermediate_size", c->ffn);
     if (qwen || deepseek) NUM("moe_intermediate_size", c->moe_ffn);
     NUM(c->arch == SL_ARCH_MIXTRAL || c->arch == SL_ARCH_GPT_OSS ? "num_local_experts"
@@ -758,6 +770,7 @@ int config_to_manifest(const struct sl_config *c, int expert_dtype,
         for (uint32_t i = 0; ok && i < c->n_layers; i++)
             if (!c->layer_is_moe[i])
                 ok &= cJSON_AddItemToArray(mo, cJSON_CreateNumber(i));
+        if (hybrid) ok &= config_hybrid_to_manifest(c, r) == SL_OK;
     } else if (!deepseek) {
         if (c->sliding_window) NUM("sliding_window", c->sliding_window);
         else ok &= cJSON_AddNullToObject(r, "sliding_window") != NULL;

@@ -24,6 +24,8 @@ enum sl_arch {
     SL_ARCH_OLMOE = 3,
     SL_ARCH_GPT_OSS = 4,
     SL_ARCH_DEEPSEEK_V3 = 5, /* deepseek_v3 (DeepSeek-V3/R1/V3.1, Kimi K2) */
+    SL_ARCH_QWEN3_NEXT = 6,  /* hybrid: Gated DeltaNet + gated attention */
+    SL_ARCH_QWEN3_5_MOE = 7, /* the same layers: qwen3_5_moe(_text) */
 };
 
 /* Normalisation of q and k after their projections. */

@@ -9,6 +9,7 @@
 #include "context.h"
 #include "cpu/ops.h"
 #include "cpu/pool.h"
+#include "layer_mla.h"
 #include "util.h"
 
 struct sl_context_params sl_context_default_params(void) {
@@ -32,7 +33,7 @@ void sl_context_free(struct sl_context *ctx) {
     float **bufs[] = {&ctx->k_cache, &ctx->v_cache, &ctx->x,      &ctx->xb,
                       &ctx->xb2,     &ctx->q,       &ctx->att,    &ctx->att_scores,
                       &ctx->router,  &ctx->topk_w,  &ctx->gather, &ctx->hb,
-                      &ctx->hb2,     &ctx->moe_tmp, &ctx->logits};
+                      &ctx->hb2,     &ctx->moe_tmp, &ctx->logits,  &ctx->mla_cache};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         sl_aligned_free(*bufs[i]);
     sl_free(ctx->topk_ids);
@@ -42,6 +43,7 @@ void sl_context_free(struct sl_context *ctx) {
     sl_free(ctx->moe_ids);
     sl_free(ctx->moe_done);
     sl_free(ctx->pf_ids);
+    mla_scratch_free(ctx->mla);
     pool_free(ctx->pool);
     sl_free(ctx);
 }
@@ -71,11 +73,17 @@ int sl_context_create(struct sl_model *model,
     ctx->n_ctx = n_ctx;
     ctx->n_batch = n_batch;
     uint64_t kv = (uint64_t)c->n_layers * n_ctx * config_kv_dim(c);
-    uint64_t ffn = max_u64(c->ffn, c->moe_ffn), B = n_batch;
+    /* MLA layers cache the latent instead of K and V (layer_mla.h) */
+    uint64_t mla_kv = c->kv_lora_rank ? (uint64_t)c->n_layers * n_ctx * config_mla_cache_dim(c) : 0;
+    if (mla_kv) kv = 0;
+    uint64_t ffn = max_u64(max_u64(c->ffn, c->moe_ffn),
+                           (uint64_t)c->moe_ffn * c->n_shared_experts), B = n_batch;
     uint64_t k = max_u64(c->n_experts_used, 1), ne = max_u64(c->n_experts, 1);
     int ok = 1;
-    alloc_f32(&ctx->k_cache, kv, &ok);
-    alloc_f32(&ctx->v_cache, kv, &ok);
+    if (kv) alloc_f32(&ctx->k_cache, kv, &ok);
+    if (kv) alloc_f32(&ctx->v_cache, kv, &ok);
+    if (mla_kv) alloc_f32(&ctx->mla_cache, mla_kv, &ok);
+    if (mla_kv && ok && mla_scratch_create(c, (int)n_batch, &ctx->mla)) ok = 0;
     alloc_f32(&ctx->x, B * c->hidden, &ok);
     alloc_f32(&ctx->xb, B * c->hidden, &ok);
     alloc_f32(&ctx->xb2, B * c->hidden, &ok);
@@ -102,7 +110,7 @@ int sl_context_create(struct sl_model *model,
         return sl_seterr(SL_ERR_NOMEM,
                          "out of memory for a context of %u positions (KV cache %.1f MiB); "
                          "HINT: lower n_ctx",
-                         n_ctx, 2.0 * (double)kv * 4 / (1 << 20));
+                         n_ctx, (2.0 * (double)kv + (double)mla_kv) * 4 / (1 << 20));
     }
     int st = pool_create(n_threads, &ctx->pool);
     if (st) {

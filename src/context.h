@@ -13,6 +13,8 @@
 #include "model.h"
 
 struct sl_pool;
+struct mla_scratch;
+struct cuda_ctx;
 
 struct sl_context {
     struct sl_model *model;
@@ -44,9 +46,17 @@ struct sl_context {
     int32_t *moe_ids;         /* (n_experts) distinct experts of a chunk */
     uint8_t *moe_done;        /* (n_experts) acquired flags of moe_ids */
     int32_t *pf_ids;          /* (n_experts) lookahead prediction */
+    /* MLA (deepseek_v3, layer_mla.h): the latent cache replaces k_cache
+     * and v_cache, which stay NULL; both NULL for other families. */
+    float *mla_cache;         /* (n_layers, n_ctx, kv_lora_rank +
+                                 qk_rope_head_dim): per position the normed
+                                 latent, then the roped shared key */
+    struct mla_scratch *mla;  /* MLA activation buffers */
     float *logits;            /* (n_vocab) after the last token */
     int has_logits;
     const char *dump_dir;     /* SLUICE_DUMP, or NULL */
+    struct cuda_ctx *cuda;    /* device KV cache and activations when the
+                                 model runs on CUDA (src/cuda/cuda.h) */
     struct sl_stats stats;
 };
 

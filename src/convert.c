@@ -63,6 +63,7 @@
 #include <string.h>
 
 #include "config.h"
+#include "convert_fp8.h"
 #include "format.h"
 #include "quant.h"
 #include "safetensors.h"
@@ -91,6 +92,12 @@ struct conv {
     const char *stage;           /* progress label */
     uint32_t stage_layer;
     int warned_fallback;
+    const char *src_prefix;      /* "model.language_model." for the multimodal
+                                    qwen3_5_moe checkpoints, else NULL */
+    char src_buf[SL_MAX_NAME + 64]; /* src_name's result */
+    uint32_t fp8_block[2];       /* FP8 checkpoint: weight_block_size; else 0 */
+    const struct st_tensor **fp8_scale; /* (st_count) scale_inv of an F8
+                                           weight, else NULL (convert_fp8.h) */
 };
 
 struct sl_convert_params sl_convert_default_params(void) {
@@ -133,16 +140,35 @@ static void format_dims(char *buf, size_t n, int n_dims, const uint64_t *d) {
     if (k < n) snprintf(buf + k, n - k, "]");
 }
 
-/* Finds name and checks its dtype and shape; marks it used and, in pass 1,
- * counts its elements for the progress bar. */
+/* The checkpoint's name of output tensor name: the same, except that the
+ * multimodal qwen3_5_moe checkpoints keep the text model's "model.*" under
+ * "model.language_model.*". Valid until the next call. */
+static const char *src_name(struct conv *cv, const char *name) {
+    if (!cv->src_prefix || strncmp(name, "model.", 6) != 0) return name;
+    snprintf(cv->src_buf, sizeof cv->src_buf, "%s%s", cv->src_prefix, name + 6);
+    return cv->src_buf;
+}
+
+/* Finds name (its checkpoint name, src_name) and checks its dtype and
+ * shape; marks it used and, in pass 1, counts its elements for the
+ * progress bar. Messages name the checkpoint's tensor. */
 static int expect(struct conv *cv, const char *name, int n_dims,
                   const uint64_t *dims, const struct st_tensor **out) {
+    name = src_name(cv, name);
     const struct st_tensor *t = st_find(cv->st, name);
     if (!t) return sl_seterr(SL_ERR_FORMAT, "missing tensor %s", name);
-    if (t->dtype < 0)
+    int f8 = strcmp(t->dtype_name, "F8_E4M3") == 0;
+    if (t->dtype < 0 && !(f8 && cv->fp8_block[0]))
         return sl_seterr(SL_ERR_UNSUPPORTED, "tensor %s: dtype %s is not "
-                         "supported (supported: F32, F16, BF16)", name,
-                         t->dtype_name);
+                         "supported (supported: F32, F16, BF16; F8_E4M3 with "
+                         "quantization_config fp8)", name, t->dtype_name);
+    if (f8) { /* block-scaled FP8: pair it with its scale_inv */
+        const struct st_tensor *sc;
+        int rc = fp8_find_scale(cv->st, t, cv->fp8_block, &sc);
+        if (rc) return rc;
+        cv->fp8_scale[t->index] = sc;
+        cv->used[sc->index] = 1;
+    }
     int same = t->n_dims == n_dims;
     for (int i = 0; same && i < n_dims; i++) same = t->dims[i] == dims[i];
     if (!same) {
@@ -186,6 +212,10 @@ static int convert_rows(struct conv *cv, const struct st_tensor *t,
     for (uint64_t r = 0; r < n_rows; r += per) {
         uint64_t n = n_rows - r < per ? n_rows - r : per;
         if ((rc = st_read_rows_f32(cv->st, t, row0 + r, n, cv->chunk)))
+            return rc;
+        if (cv->fp8_scale[t->index] &&
+            (rc = fp8_scale_rows(cv->st, cv->fp8_scale[t->index], cv->fp8_block,
+                                 row0 + r, n, cols, cv->chunk)))
             return rc;
         for (uint64_t i = 0; i < n; i++) {
             const float *row = cv->chunk + i * cols;
@@ -243,8 +273,189 @@ static int do_dense(struct conv *cv, const char *name, int kind, uint64_t d0,
     return rc;
 }
 
+/* deepseek_v3's dense tensors of layer l (names in model.c's
+ * bind_layer_deepseek): MLA projections and norms, then the dense MLP, or
+ * router + e_score_correction_bias (f32) + shared experts. */
+static int do_layer_deepseek(struct conv *cv, uint32_t l) {
+    const struct sl_config *c = &cv->cfg;
+    uint64_t h = c->hidden, nh = c->n_heads, qk = config_qk_head_dim(c);
+    uint64_t r = c->kv_lora_rank, qr = c->q_lora_rank;
+    uint64_t sh = (uint64_t)c->moe_ffn * c->n_shared_experts;
+    char n[SL_MAX_NAME + 1];
+    int rc;
+#define P(fmt) (snprintf(n, sizeof n, "model.layers.%u." fmt, l), n)
+    if ((rc = do_dense(cv, P("input_layernorm.weight"), KIND_VECTOR, h, 0)) ||
+        (qr && ((rc = do_dense(cv, P("self_attn.q_a_proj.weight"), KIND_MATRIX, qr, h)) ||
+                (rc = do_dense(cv, P("self_attn.q_a_layernorm.weight"), KIND_VECTOR, qr, 0)) ||
+                (rc = do_dense(cv, P("self_attn.q_b_proj.weight"), KIND_MATRIX, nh * qk, qr)))) ||
+        (!qr && (rc = do_dense(cv, P("self_attn.q_proj.weight"), KIND_MATRIX, nh * qk, h))) ||
+        (rc = do_dense(cv, P("self_attn.kv_a_proj_with_mqa.weight"), KIND_MATRIX,
+                       r + c->qk_rope_head_dim, h)) ||
+        (rc = do_dense(cv, P("self_attn.kv_a_layernorm.weight"), KIND_VECTOR, r, 0)) ||
+        (rc = do_dense(cv, P("self_attn.kv_b_proj.weight"), KIND_MATRIX,
+                       nh * (c->qk_nope_head_dim + c->v_head_dim), r)) ||
+        (rc = do_dense(cv, P("self_attn.o_proj.weight"), KIND_MATRIX, h, nh * c->v_head_dim)) ||
+        (rc = do_dense(cv, P("post_attention_layernorm.weight"), KIND_VECTOR, h, 0)))
+        return rc;
+    if (!c->layer_is_moe[l])
+        return (rc = do_dense(cv, P("mlp.gate_proj.weight"), KIND_MATRIX, c->ffn, h)) ||
+               (rc = do_dense(cv, P("mlp.up_proj.weight"), KIND_MATRIX, c->ffn, h)) ||
+               (rc = do_dense(cv, P("mlp.down_proj.weight"), KIND_MATRIX, h, c->ffn))
+                   ? rc : SL_OK;
+    if ((rc = do_dense(cv, P("mlp.gate.weight"), KIND_ROUTER, c->n_experts, h)) ||
+        (rc = do_dense(cv, P("mlp.gate.e_score_correction_bias"), KIND_VECTOR,
+                       c->n_experts, 0)))
+        return rc;
+    if (sh && ((rc = do_dense(cv, P("mlp.shared_experts.gate_proj.weight"), KIND_MATRIX, sh, h)) ||
+               (rc = do_dense(cv, P("mlp.shared_experts.up_proj.weight"), KIND_MATRIX, sh, h)) ||
+               (rc = do_dense(cv, P("mlp.shared_experts.down_proj.weight"), KIND_MATRIX, h, sh))))
+        return rc;
+#undef P
+    return SL_OK;
+}
+
+/* ---- qwen3_next / qwen3_5_moe ---- */
+
+/* Tensor name checked as the checkpoint's shape sd (sn dims) and written
+ * as od (on dims, the same row-major data): f32 for KIND_VECTOR /
+ * KIND_ROUTER, dense_dtype for KIND_MATRIX; add_one stores 1 + w (the
+ * zero-centred RMSNorms of this family, folded so that every norm in a
+ * .sluice file is multiplicative). */
+static int do_dense_as(struct conv *cv, const char *name, int kind, int add_one,
+                       int sn, const uint64_t *sd, int on, const uint64_t *od) {
+    const struct st_tensor *t;
+    int rc = expect(cv, name, sn, sd, &t);
+    if (rc || cv->pass == 1) return rc;
+    uint64_t cols = st_cols(t), rows = t->numel / cols;
+    int dtype = kind == KIND_MATRIX ? pick_dtype(cv, cv->p.dense_dtype, cols, name)
+                                    : SL_DTYPE_F32;
+    uint64_t size = rows * quant_row_bytes(dtype, cols);
+    float *buf = sl_malloc((size_t)size);
+    if (!buf)
+        return sl_seterr(SL_ERR_NOMEM, "tensor %s: cannot allocate %llu bytes", name,
+                         (unsigned long long)size);
+    rc = convert_rows(cv, t, 0, rows, dtype, buf, name);
+    for (uint64_t i = 0; !rc && add_one && i < rows * cols; i++) buf[i] += 1.0f;
+    if (!rc) rc = writer_add_tensor(cv->w, name, dtype, on, od, buf, size);
+    sl_free(buf);
+    return rc;
+}
+
+/* qwen3_next's fused Gated DeltaNet projections, rewritten in qwen3_5's
+ * layout. in_proj_qkvz [2*kd + 2*vd, hidden] holds per key head g the rows
+ * q (k_dim), k (k_dim), v (r * v_dim), z (r * v_dim), r = v_heads /
+ * k_heads; in_proj_ba [2 * v_heads, hidden] per key head b (r), a (r).
+ * Written: in_proj_qkv [q of all heads | k | v], in_proj_z, in_proj_b and
+ * in_proj_a (f32, like the router: they feed exp and sigmoid). */
+static int do_gdn_fused(struct conv *cv, uint32_t l) {
+    const struct sl_config *c = &cv->cfg;
+    uint64_t h = c->hidden, hk = c->lin_k_dim, hv = c->lin_v_dim, nk = c->lin_k_heads;
+    uint64_t nv = c->lin_v_heads, r = nv / nk, kd = nk * hk, vd = nv * hv;
+    char qn[SL_MAX_NAME + 1], bn[SL_MAX_NAME + 1], n[SL_MAX_NAME + 1];
+    snprintf(qn, sizeof qn, "model.layers.%u.linear_attn.in_proj_qkvz.weight", l);
+    snprintf(bn, sizeof bn, "model.layers.%u.linear_attn.in_proj_ba.weight", l);
+    const struct st_tensor *tq, *tb;
+    uint64_t dq[2] = {2 * kd + 2 * vd, h}, db[2] = {2 * nv, h};
+    int rc;
+    if ((rc = expect(cv, qn, 2, dq, &tq)) || (rc = expect(cv, bn, 2, db, &tb)) ||
+        cv->pass == 1)
+        return rc;
+    int dt = pick_dtype(cv, cv->p.dense_dtype, h, qn);
+    uint64_t rb = quant_row_bytes(dt, h), fb = h * sizeof(float);
+    uint8_t *qkv = sl_malloc((size_t)((2 * kd + vd) * rb)), *z = sl_malloc((size_t)(vd * rb));
+    uint8_t *b = sl_malloc((size_t)(nv * fb)), *a = sl_malloc((size_t)(nv * fb));
+    rc = qkv && z && b && a ? SL_OK
+                            : sl_seterr(SL_ERR_NOMEM, "layer %u: out of memory", l);
+    for (uint64_t g = 0; g < nk && !rc; g++) {
+        uint64_t s = g * (2 * hk + 2 * r * hv), sb = g * 2 * r;
+        if ((rc = convert_rows(cv, tq, s, hk, dt, qkv + g * hk * rb, qn)) ||
+            (rc = convert_rows(cv, tq, s + hk, hk, dt, qkv + (kd + g * hk) * rb, qn)) ||
+            (rc = convert_rows(cv, tq, s + 2 * hk, r * hv, dt,
+                               qkv + (2 * kd + g * r * hv) * rb, qn)) ||
+            (rc = convert_rows(cv, tq, s + 2 * hk + r * hv, r * hv, dt, z + g * r * hv * rb,
+                               qn)) ||
+            (rc = convert_rows(cv, tb, sb, r, SL_DTYPE_F32, b + g * r * fb, bn)) ||
+            (rc = convert_rows(cv, tb, sb + r, r, SL_DTYPE_F32, a + g * r * fb, bn)))
+            break;
+    }
+    uint64_t d1[2] = {2 * kd + vd, h}, d2[2] = {vd, h}, d3[2] = {nv, h};
+#define W(suffix, dtype, dims, buf, size)                                              \
+    (snprintf(n, sizeof n, "model.layers.%u.linear_attn." suffix, l),                 \
+     writer_add_tensor(cv->w, n, dtype, 2, dims, buf, size))
+    if (!rc && !(rc = W("in_proj_qkv.weight", dt, d1, qkv, d1[0] * rb)) &&
+        !(rc = W("in_proj_z.weight", dt, d2, z, vd * rb)) &&
+        !(rc = W("in_proj_b.weight", SL_DTYPE_F32, d3, b, nv * fb)))
+        rc = W("in_proj_a.weight", SL_DTYPE_F32, d3, a, nv * fb);
+#undef W
+    sl_free(qkv);
+    sl_free(z);
+    sl_free(b);
+    sl_free(a);
+    return rc;
+}
+
+/* A hybrid layer's dense tensors (names in model.c's bind_layer_hybrid),
+ * from either checkpoint layout. */
+static int do_layer_hybrid(struct conv *cv, uint32_t l) {
+    const struct sl_config *c = &cv->cfg;
+    uint64_t h = c->hidden, q = config_q_dim(c), kv = config_kv_dim(c);
+    uint64_t cd = config_lin_conv_dim(c), vd = config_lin_value_dim(c), nv = c->lin_v_heads;
+    uint64_t vh[1] = {h}, vhd[1] = {c->head_dim};
+    char n[SL_MAX_NAME + 1];
+    int rc;
+#define P(fmt) (snprintf(n, sizeof n, "model.layers.%u." fmt, l), n)
+    if ((rc = do_dense_as(cv, P("input_layernorm.weight"), KIND_VECTOR, 1, 1, vh, 1, vh)))
+        return rc;
+    if (c->layer_linear[l]) {
+        uint64_t sconv[3] = {cd, 1, c->lin_conv}, oconv[2] = {cd, c->lin_conv};
+        if (st_find(cv->st, src_name(cv, P("linear_attn.in_proj_qkvz.weight"))))
+            rc = do_gdn_fused(cv, l);
+        else if (!(rc = do_dense(cv, P("linear_attn.in_proj_qkv.weight"), KIND_MATRIX, cd, h)) &&
+                 !(rc = do_dense(cv, P("linear_attn.in_proj_z.weight"), KIND_MATRIX, vd, h)) &&
+                 !(rc = do_dense(cv, P("linear_attn.in_proj_b.weight"), KIND_ROUTER, nv, h)))
+            rc = do_dense(cv, P("linear_attn.in_proj_a.weight"), KIND_ROUTER, nv, h);
+        if (rc ||
+            (rc = do_dense_as(cv, P("linear_attn.conv1d.weight"), KIND_ROUTER, 0, 3, sconv, 2,
+                              oconv)) ||
+            (rc = do_dense(cv, P("linear_attn.A_log"), KIND_VECTOR, nv, 0)) ||
+            (rc = do_dense(cv, P("linear_attn.dt_bias"), KIND_VECTOR, nv, 0)) ||
+            (rc = do_dense(cv, P("linear_attn.norm.weight"), KIND_VECTOR, c->lin_v_dim, 0)) ||
+            (rc = do_dense(cv, P("linear_attn.out_proj.weight"), KIND_MATRIX, h, vd)))
+            return rc;
+    } else if ((rc = do_dense(cv, P("self_attn.q_proj.weight"), KIND_MATRIX, 2 * q, h)) ||
+               (rc = do_dense(cv, P("self_attn.k_proj.weight"), KIND_MATRIX, kv, h)) ||
+               (rc = do_dense(cv, P("self_attn.v_proj.weight"), KIND_MATRIX, kv, h)) ||
+               (rc = do_dense(cv, P("self_attn.o_proj.weight"), KIND_MATRIX, h, q)) ||
+               (rc = do_dense_as(cv, P("self_attn.q_norm.weight"), KIND_VECTOR, 1, 1, vhd, 1,
+                                 vhd)) ||
+               (rc = do_dense_as(cv, P("self_attn.k_norm.weight"), KIND_VECTOR, 1, 1, vhd, 1,
+                                 vhd))) {
+        return rc;
+    }
+    if ((rc = do_dense_as(cv, P("post_attention_layernorm.weight"), KIND_VECTOR, 1, 1, vh, 1,
+                          vh)))
+        return rc;
+    if (!c->layer_is_moe[l])
+        return (rc = do_dense(cv, P("mlp.gate_proj.weight"), KIND_MATRIX, c->ffn, h)) ||
+               (rc = do_dense(cv, P("mlp.up_proj.weight"), KIND_MATRIX, c->ffn, h)) ||
+               (rc = do_dense(cv, P("mlp.down_proj.weight"), KIND_MATRIX, h, c->ffn))
+                   ? rc : SL_OK;
+    uint64_t sh = c->shared_ffn, sg[2] = {1, h};
+    if ((rc = do_dense(cv, P("mlp.gate.weight"), KIND_ROUTER, c->n_experts, h)) ||
+        (rc = do_dense(cv, P("mlp.shared_expert.gate_proj.weight"), KIND_MATRIX, sh, h)) ||
+        (rc = do_dense(cv, P("mlp.shared_expert.up_proj.weight"), KIND_MATRIX, sh, h)) ||
+        (rc = do_dense(cv, P("mlp.shared_expert.down_proj.weight"), KIND_MATRIX, h, sh)) ||
+        (rc = do_dense_as(cv, P("mlp.shared_expert_gate.weight"), KIND_VECTOR, 0, 2, sg, 1,
+                          vh)))
+        return rc;
+#undef P
+    return SL_OK;
+}
+
 static int do_layer_dense(struct conv *cv, uint32_t l) {
     const struct sl_config *c = &cv->cfg;
+    if (c->arch == SL_ARCH_DEEPSEEK_V3) return do_layer_deepseek(cv, l);
+    if (config_is_hybrid(c)) return do_layer_hybrid(cv, l);
     uint64_t h = c->hidden, q = config_q_dim(c), kv = config_kv_dim(c);
     char n[SL_MAX_NAME + 1];
     int rc;
@@ -497,8 +708,8 @@ static int do_experts(struct conv *cv, uint32_t l) {
     snprintf(gu_name, sizeof gu_name, "model.layers.%u.%s.gate_up_proj", l, pre);
     snprintf(d_name, sizeof d_name, "model.layers.%u.%s.down_proj", l, pre);
     snprintf(n, sizeof n, "model.layers.%u.%s.0.%s.weight", l, pre, part_names[0]);
-    int fused = st_find(cv->st, gu_name) != NULL;
-    if (fused && st_find(cv->st, n))
+    int fused = st_find(cv->st, src_name(cv, gu_name)) != NULL;
+    if (fused && st_find(cv->st, src_name(cv, n)))
         return sl_seterr(SL_ERR_FORMAT, "layer %u holds both the fused (%s) "
                          "and the per-expert (%s) expert layout", l, gu_name, n);
     int rc;
@@ -589,7 +800,10 @@ static int walk(struct conv *cv) {
     }
     cv->stage = "output";
     cv->stage_layer = 0;
-    if ((rc = do_dense(cv, "model.norm.weight", KIND_VECTOR, c->hidden, 0)))
+    uint64_t hd[1] = {c->hidden}; /* hybrid: zero-centred, stored 1 + w */
+    if ((rc = config_is_hybrid(c)
+                  ? do_dense_as(cv, "model.norm.weight", KIND_VECTOR, 1, 1, hd, 1, hd)
+                  : do_dense(cv, "model.norm.weight", KIND_VECTOR, c->hidden, 0)))
         return rc;
     if (!c->tie_embeddings &&
         (rc = do_dense(cv, "lm_head.weight", KIND_MATRIX, c->n_vocab, c->hidden)))
@@ -752,7 +966,7 @@ done:
 }
 
 /* config.json (required) and generation_config.json (optional) into cfg. */
-static int read_config(const char *dir, struct sl_config *cfg) {
+static int read_config(const char *dir, struct sl_config *cfg, uint32_t fp8_block[2]) {
     char *txt;
     size_t len;
     char *p = sl_path_join(dir, "config.json");
@@ -770,7 +984,11 @@ static int read_config(const char *dir, struct sl_config *cfg) {
         /* gpt_oss ships its experts in MXFP4, which do_experts_oss reads. */
         int mxfp4 = cfg->arch == SL_ARCH_GPT_OSS && cJSON_IsString(qm) &&
                     strcmp(qm->valuestring, "mxfp4") == 0;
-        if (qc && !cJSON_IsNull(qc) && !mxfp4) {
+        /* deepseek_v3 ships FP8 block-scaled weights (convert_fp8.h). */
+        int fp8 = cfg->arch == SL_ARCH_DEEPSEEK_V3 && cJSON_IsString(qm) &&
+                  strcmp(qm->valuestring, "fp8") == 0;
+        if (fp8 && (rc = fp8_parse_quant_config(qc, fp8_block))) sl_preerr(rc, "%s: ", p);
+        if (!rc && qc && !cJSON_IsNull(qc) && !mxfp4 && !fp8) {
             const cJSON *m = cJSON_GetObjectItemCaseSensitive(qc, "quant_method");
             rc = sl_seterr(SL_ERR_UNSUPPORTED, "%s: quantized checkpoints "
                            "(quantization_config.quant_method '%s') are not "
@@ -811,15 +1029,32 @@ static int check_params(const struct sl_convert_params *p) {
 /* Warns about checkpoint tensors the model does not use (rotary inv_freq
  * buffers, a tied lm_head, MTP heads, ...). */
 static void warn_unused(const struct conv *cv) {
-    uint32_t n = st_count(cv->st), skipped = 0;
+    uint32_t n = st_count(cv->st), skipped = 0, mtp = 0, visual = 0;
     for (uint32_t i = 0; i < n; i++) {
         if (cv->used[i]) continue;
+        const char *nm = st_at(cv->st, i)->name;
+        /* Qwen3-Next / Qwen3.5: multi-token-prediction head and the vision
+         * tower, both unused by text generation: one note each. */
+        if (strncmp(nm, "mtp.", 4) == 0) {
+            mtp++;
+            continue;
+        }
+        if (cv->src_prefix && strncmp(nm, "model.visual.", 13) == 0) {
+            visual++;
+            continue;
+        }
         if (skipped++ < 8)
             sl_log(SL_LOG_WARN, "skipping tensor %s: not used by %s",
                    st_at(cv->st, i)->name, cv->cfg.model_type);
     }
     if (skipped > 8)
         sl_log(SL_LOG_WARN, "skipped %u unused tensors in all", skipped);
+    if (mtp)
+        sl_log(SL_LOG_INFO, "skipping %u multi-token-prediction tensors (mtp.*): "
+               "not used for generation", mtp);
+    if (visual)
+        sl_log(SL_LOG_INFO, "skipping %u vision tensors (model.visual.*): sluice "
+               "runs the text model", visual);
 }
 
 int sl_convert(const char *hf_dir, const char *out_path,
@@ -833,7 +1068,7 @@ int sl_convert(const char *hf_dir, const char *out_path,
     char *manifest = NULL, *tok = NULL, *tokcfg = NULL;
     size_t manifest_len = 0, tok_len = 0, tokcfg_len = 0;
     int rc = check_params(&cv.p);
-    if (!rc) rc = read_config(hf_dir, &cv.cfg);
+    if (!rc) rc = read_config(hf_dir, &cv.cfg, cv.fp8_block);
     if (!rc) rc = build_tokenizer_config(hf_dir, &cv.cfg, &tokcfg, &tokcfg_len);
     if (!rc) rc = read_optional(hf_dir, "tokenizer.json", &tok, &tok_len);
     if (!rc && !tok)
@@ -843,7 +1078,12 @@ int sl_convert(const char *hf_dir, const char *out_path,
         rc = config_to_manifest(&cv.cfg, cv.p.expert_dtype, cv.p.dense_dtype,
                                 &manifest, &manifest_len);
     if (!rc) rc = st_open_dir(hf_dir, &cv.st);
+    if (!rc && cv.cfg.arch == SL_ARCH_QWEN3_5_MOE &&
+        st_find(cv.st, "model.language_model.embed_tokens.weight"))
+        cv.src_prefix = "model.language_model."; /* the multimodal wrapper */
     if (!rc && !(cv.used = sl_calloc(st_count(cv.st) + 1, 1)))
+        rc = sl_seterr(SL_ERR_NOMEM, "out of memory");
+    if (!rc && !(cv.fp8_scale = sl_calloc(st_count(cv.st) + 1, sizeof *cv.fp8_scale)))
         rc = sl_seterr(SL_ERR_NOMEM, "out of memory");
     cv.pass = 1;
     if (!rc) rc = walk(&cv); /* pass 1: names, dtypes, shapes */
@@ -882,6 +1122,7 @@ int sl_convert(const char *hf_dir, const char *out_path,
     }
     st_close(cv.st);
     sl_free(cv.used);
+    sl_free((void *)cv.fp8_scale);
     sl_free(cv.chunk);
     sl_free(manifest);
     sl_free(tok);

@@ -25,6 +25,7 @@
 #include "context.h"
 #include "cpu/ops.h"
 #include "cpu/ops_ext.h"
+#include "layer_mla.h"
 #include "moe_route.h"
 #include "util.h"
 
@@ -89,6 +90,7 @@ static int qk_norm_rope(const struct sl_model *m, const struct layer_weights *L,
 /* Self-attention of n tokens at positions pos..pos+n-1: reads ctx->xb
  * (n, hidden), writes ctx->xb2 (n, hidden). */
 static int attention(struct sl_context *ctx, uint32_t l, uint32_t pos, int n) {
+    if (ctx->mla) return mla_forward(ctx, l, pos, n); /* deepseek_v3 */
     const struct sl_config *c = &ctx->model->cfg;
     const struct layer_weights *L = &ctx->model->layers[l];
     int nh = (int)c->n_heads, nkv = (int)c->n_kv_heads, hd = (int)c->head_dim;
@@ -216,7 +218,11 @@ static int moe(struct sl_context *ctx, uint32_t l, int n) {
     if ((st = linear_w(ctx, &L->router, ctx->xb, ctx->router, n))) return st;
     add_bias(ctx->router, L->router_b, n, ne);
     dump(ctx, (int)l, "router.f32", ctx->router, (size_t)n * ne * 4);
-    if ((st = moe_route(c, ctx->router, n, ctx->topk_ids, ctx->topk_w))) return st;
+    st = c->router_kind == SL_ROUTER_NOAUX_TC /* deepseek_v3 */
+             ? moe_route_noaux_tc(c, ctx->router, L->router_sel_bias, n, ctx->topk_ids,
+                                  ctx->topk_w)
+             : moe_route(c, ctx->router, n, ctx->topk_ids, ctx->topk_w);
+    if (st) return st;
     dump(ctx, (int)l, "moe_topk.i32", ctx->topk_ids, (size_t)n * k * 4);
     dump(ctx, (int)l, "moe_topw.f32", ctx->topk_w, (size_t)n * k * 4);
 
@@ -284,6 +290,13 @@ static int moe(struct sl_context *ctx, uint32_t l, int n) {
     }
     /* expert compute = the loop and the sum, less the time in acquire */
     ctx->stats.t_experts += sl_now() - t_stage - (ctx->stats.t_io_wait - io_before);
+    if (L->sh_gate.data) { /* deepseek_v3 shared experts, added unscaled */
+        const int dt[3] = {L->sh_gate.dtype, L->sh_up.dtype, L->sh_down.dtype};
+        const void *const w[3] = {L->sh_gate.data, L->sh_up.data, L->sh_down.data};
+        if ((st = swiglu_mlp(ctx, dt, w, (int)L->sh_gate.rows, ctx->xb, ctx->gather, n)))
+            return st;
+        ops_add(ctx->xb2, ctx->gather, n * hidden);
+    }
     dump(ctx, (int)l, "moe_out.f32", ctx->xb2, (size_t)n * hidden * 4);
     return SL_OK;
 }

@@ -119,12 +119,123 @@ static int check_expert_layer(const struct sl_model *m, uint32_t l) {
     return SL_OK;
 }
 
+/* A deepseek_v3 layer: norms, MLA projections (layer_mla.h), then a dense
+ * MLP (l < first_k_dense_replace) or router + selection bias + shared
+ * experts + expert records. */
+static int bind_layer_deepseek(struct sl_model *m, uint32_t l) {
+    const struct sl_config *c = &m->cfg;
+    struct layer_weights *L = &m->layers[l];
+    char n[SL_MAX_NAME + 1];
+    uint64_t h = c->hidden, nh = c->n_heads, qk = config_qk_head_dim(c);
+    uint64_t r = c->kv_lora_rank, sh = (uint64_t)c->moe_ffn * c->n_shared_experts;
+    int st;
+#define NAME(suffix) (snprintf(n, sizeof n, "model.layers.%u.%s", l, suffix), n)
+    if ((st = bind_vector(m, NAME("input_layernorm.weight"), h, 0, &L->attn_norm)) ||
+        (st = bind_vector(m, NAME("post_attention_layernorm.weight"), h, 0, &L->ffn_norm)) ||
+        (st = bind_matrix(m, NAME("self_attn.kv_a_proj_with_mqa.weight"),
+                          r + c->qk_rope_head_dim, h, &L->wkv_a)) ||
+        (st = bind_vector(m, NAME("self_attn.kv_a_layernorm.weight"), r, 0, &L->kv_a_norm)) ||
+        (st = bind_matrix(m, NAME("self_attn.kv_b_proj.weight"),
+                          nh * (c->qk_nope_head_dim + c->v_head_dim), r, &L->wkv_b)) ||
+        (st = bind_matrix(m, NAME("self_attn.o_proj.weight"), h, nh * c->v_head_dim, &L->wo)))
+        return st;
+    if (c->q_lora_rank) {
+        if ((st = bind_matrix(m, NAME("self_attn.q_a_proj.weight"), c->q_lora_rank, h,
+                              &L->wq_a)) ||
+            (st = bind_vector(m, NAME("self_attn.q_a_layernorm.weight"), c->q_lora_rank, 0,
+                              &L->q_a_norm)) ||
+            (st = bind_matrix(m, NAME("self_attn.q_b_proj.weight"), nh * qk, c->q_lora_rank,
+                              &L->wq_b)))
+            return st;
+    } else if ((st = bind_matrix(m, NAME("self_attn.q_proj.weight"), nh * qk, h, &L->wq))) {
+        return st;
+    }
+    if (!c->layer_is_moe[l])
+        return (st = bind_matrix(m, NAME("mlp.gate_proj.weight"), c->ffn, h, &L->w_gate)) ||
+               (st = bind_matrix(m, NAME("mlp.up_proj.weight"), c->ffn, h, &L->w_up)) ||
+               (st = bind_matrix(m, NAME("mlp.down_proj.weight"), h, c->ffn, &L->w_down))
+                   ? st : SL_OK;
+    if ((st = bind_matrix(m, NAME("mlp.gate.weight"), c->n_experts, h, &L->router)) ||
+        (st = bind_vector(m, NAME("mlp.gate.e_score_correction_bias"), c->n_experts, 0,
+                          &L->router_sel_bias)))
+        return st;
+    if (sh && ((st = bind_matrix(m, NAME("mlp.shared_experts.gate_proj.weight"), sh, h,
+                                 &L->sh_gate)) ||
+               (st = bind_matrix(m, NAME("mlp.shared_experts.up_proj.weight"), sh, h,
+                                 &L->sh_up)) ||
+               (st = bind_matrix(m, NAME("mlp.shared_experts.down_proj.weight"), h, sh,
+                                 &L->sh_down))))
+        return st;
+    return check_expert_layer(m, l);
+#undef NAME
+}
+
+/* A qwen3_next / qwen3_5_moe layer: norms; Gated DeltaNet projections or
+ * gated attention; router + shared expert + expert records, or a dense
+ * MLP (qwen3_next's mlp_only_layers). Norms are stored multiplicative
+ * (the converter folds the zero-centred 1 + w). */
+static int bind_layer_hybrid(struct sl_model *m, uint32_t l) {
+    const struct sl_config *c = &m->cfg;
+    struct layer_weights *L = &m->layers[l];
+    char n[SL_MAX_NAME + 1];
+    uint64_t h = c->hidden, nv = c->lin_v_heads, cd = config_lin_conv_dim(c);
+    uint64_t vd = config_lin_value_dim(c);
+    int st;
+#define NAME(suffix) (snprintf(n, sizeof n, "model.layers.%u.%s", l, suffix), n)
+    if ((st = bind_vector(m, NAME("input_layernorm.weight"), h, 0, &L->attn_norm)) ||
+        (st = bind_vector(m, NAME("post_attention_layernorm.weight"), h, 0, &L->ffn_norm)))
+        return st;
+    if (c->layer_linear[l]) {
+        if ((st = bind_matrix(m, NAME("linear_attn.in_proj_qkv.weight"), cd, h, &L->lin_qkv)) ||
+            (st = bind_matrix(m, NAME("linear_attn.in_proj_z.weight"), vd, h, &L->lin_z)) ||
+            (st = bind_matrix(m, NAME("linear_attn.in_proj_b.weight"), nv, h, &L->lin_b)) ||
+            (st = bind_matrix(m, NAME("linear_attn.in_proj_a.weight"), nv, h, &L->lin_a)) ||
+            (st = bind_f32_matrix(m, NAME("linear_attn.conv1d.weight"), cd, c->lin_conv,
+                                  &L->lin_conv)) ||
+            (st = bind_vector(m, NAME("linear_attn.A_log"), nv, 0, &L->lin_A_log)) ||
+            (st = bind_vector(m, NAME("linear_attn.dt_bias"), nv, 0, &L->lin_dt_bias)) ||
+            (st = bind_vector(m, NAME("linear_attn.norm.weight"), c->lin_v_dim, 0,
+                              &L->lin_norm)) ||
+            (st = bind_matrix(m, NAME("linear_attn.out_proj.weight"), h, vd, &L->lin_out)))
+            return st;
+    } else if ((st = bind_matrix(m, NAME("self_attn.q_proj.weight"), 2ull * config_q_dim(c),
+                                 h, &L->wq)) ||
+               (st = bind_matrix(m, NAME("self_attn.k_proj.weight"), config_kv_dim(c), h,
+                                 &L->wk)) ||
+               (st = bind_matrix(m, NAME("self_attn.v_proj.weight"), config_kv_dim(c), h,
+                                 &L->wv)) ||
+               (st = bind_matrix(m, NAME("self_attn.o_proj.weight"), h, config_q_dim(c),
+                                 &L->wo)) ||
+               (st = bind_vector(m, NAME("self_attn.q_norm.weight"), c->head_dim, 0,
+                                 &L->q_norm)) ||
+               (st = bind_vector(m, NAME("self_attn.k_norm.weight"), c->head_dim, 0,
+                                 &L->k_norm))) {
+        return st;
+    }
+    if (!c->layer_is_moe[l])
+        return (st = bind_matrix(m, NAME("mlp.gate_proj.weight"), c->ffn, h, &L->w_gate)) ||
+               (st = bind_matrix(m, NAME("mlp.up_proj.weight"), c->ffn, h, &L->w_up)) ||
+               (st = bind_matrix(m, NAME("mlp.down_proj.weight"), h, c->ffn, &L->w_down))
+                   ? st : SL_OK;
+    uint64_t sh = c->shared_ffn;
+    if ((st = bind_matrix(m, NAME("mlp.gate.weight"), c->n_experts, h, &L->router)) ||
+        (st = bind_matrix(m, NAME("mlp.shared_expert.gate_proj.weight"), sh, h, &L->sh_gate)) ||
+        (st = bind_matrix(m, NAME("mlp.shared_expert.up_proj.weight"), sh, h, &L->sh_up)) ||
+        (st = bind_matrix(m, NAME("mlp.shared_expert.down_proj.weight"), h, sh, &L->sh_down)) ||
+        (st = bind_vector(m, NAME("mlp.shared_expert_gate.weight"), h, 0, &L->sh_expert_gate)))
+        return st;
+    return check_expert_layer(m, l);
+#undef NAME
+}
+
 static int bind_layer(struct sl_model *m, uint32_t l) {
     const struct sl_config *c = &m->cfg;
     struct layer_weights *L = &m->layers[l];
     char n[SL_MAX_NAME + 1];
     int st;
 #define NAME(suffix) (snprintf(n, sizeof n, "model.layers.%u.%s", l, suffix), n)
+    if (c->arch == SL_ARCH_DEEPSEEK_V3) return bind_layer_deepseek(m, l);
+    if (config_is_hybrid(c)) return bind_layer_hybrid(m, l);
     if ((st = bind_vector(m, NAME("input_layernorm.weight"), c->hidden, 0, &L->attn_norm)) ||
         (st = bind_vector(m, NAME("post_attention_layernorm.weight"), c->hidden, 0, &L->ffn_norm)) ||
         (st = bind_matrix(m, NAME("self_attn.q_proj.weight"), config_q_dim(c), c->hidden, &L->wq)) ||

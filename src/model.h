@@ -24,6 +24,8 @@ struct weight {
     uint64_t rows, cols;
 };
 
+struct cuda_model;
+
 struct layer_weights {
     const float *attn_norm;     /* (hidden) */
     const float *ffn_norm;      /* (hidden) */
@@ -43,6 +45,34 @@ struct layer_weights {
     const float *exp_down_b;    /* (n_experts, hidden) expert down biases */
     struct weight w_gate, w_up; /* (ffn, hidden); dense-MLP layers only */
     struct weight w_down;       /* (hidden, ffn) */
+    /* deepseek_v3 (layer_mla.h); empty otherwise. wq is q_proj (n_heads *
+     * qk_head_dim, hidden) when q_lora_rank is 0; wo is (hidden, n_heads *
+     * v_head_dim); wk, wv are unused. */
+    struct weight wq_a;         /* (q_lora_rank, hidden) q_a_proj */
+    const float *q_a_norm;      /* (q_lora_rank) q_a_layernorm */
+    struct weight wq_b;         /* (n_heads * qk_head_dim, q_lora_rank) */
+    struct weight wkv_a;        /* (kv_lora_rank + qk_rope_head_dim, hidden)
+                                   kv_a_proj_with_mqa */
+    const float *kv_a_norm;     /* (kv_lora_rank) kv_a_layernorm */
+    struct weight wkv_b;        /* (n_heads * (qk_nope_head_dim + v_head_dim),
+                                   kv_lora_rank): per head nope rows, then v */
+    const float *router_sel_bias; /* (n_experts) e_score_correction_bias */
+    struct weight sh_gate, sh_up; /* (moe_ffn * n_shared_experts, hidden) */
+    struct weight sh_down;      /* (hidden, moe_ffn * n_shared_experts) */
+    /* qwen3_next / qwen3_5_moe (layer_hybrid.c); empty otherwise. Their
+     * shared expert is sh_gate/sh_up/sh_down (shared_ffn rows) scaled by
+     * sigmoid(sh_expert_gate . x). Attention layers: wq is (2 * n_heads *
+     * head_dim, hidden), per head its q rows then its gate rows. Gated
+     * DeltaNet layers (cfg.layer_linear) have no wq..wo but: */
+    const float *sh_expert_gate; /* (hidden) shared_expert_gate, or NULL */
+    struct weight lin_qkv;      /* (conv_dim, hidden) in_proj_qkv */
+    struct weight lin_z;        /* (lin value_dim, hidden) in_proj_z */
+    struct weight lin_b, lin_a; /* (lin_v_heads, hidden) in_proj_b / _a, f32 */
+    const float *lin_conv;      /* (conv_dim, lin_conv) conv1d taps */
+    const float *lin_A_log;     /* (lin_v_heads) */
+    const float *lin_dt_bias;   /* (lin_v_heads) */
+    const float *lin_norm;      /* (lin_v_dim) gated RMSNorm weight */
+    struct weight lin_out;      /* (hidden, lin value_dim) out_proj */
 };
 
 struct sl_model {
@@ -58,6 +88,9 @@ struct sl_model {
     float rope_mscale;          /* YaRN attention factor (1 for plain) */
     struct expert_store *experts;
     struct sl_tokenizer *tok;   /* NULL if the file has none */
+    struct cuda_model *cuda;    /* the CUDA backend's device weights and GPU
+                                   expert cache (src/cuda/cuda.h); NULL on
+                                   the CPU */
     char desc[256];
 };
 

@@ -20,6 +20,7 @@
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <math.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -472,10 +473,31 @@ int st_open_dir(const char *dir, struct st_set **out) {
     return SL_OK;
 }
 
+/* F8_E4M3 (torch float8_e4m3fn, DeepSeek's FP8 weights): sign, 4 exponent
+ * bits (bias 7), 3 mantissa bits, subnormals, no infinities, S.1111.111 is
+ * NaN; largest finite 448. Every value is exact in float32. */
+float st_f8e4m3_to_f32(uint8_t b) {
+    int e = (b >> 3) & 15, m = b & 7;
+    float v;
+    if (e == 15 && m == 7) v = NAN;
+    else if (e == 0) v = ldexpf((float)m, -9);            /* m/8 * 2^-6 */
+    else v = ldexpf((float)(8 + m), e - 10);              /* (1 + m/8) 2^(e-7) */
+    return b & 0x80 ? -v : v;
+}
+
+static int is_f8e4m3(const struct st_tensor *t) { return strcmp(t->dtype_name, "F8_E4M3") == 0; }
+
+/* Widens n F8_E4M3 bytes at the start of dst into floats, in place (back to
+ * front: float i covers bytes 4i..4i+3, all >= i, already converted). */
+static void widen_f8_in_place(float *dst, uint64_t n) {
+    const uint8_t *src = (const uint8_t *)(void *)dst;
+    for (uint64_t i = n; i-- > 0;) dst[i] = st_f8e4m3_to_f32(src[i]);
+}
+
 static int check_float(const struct st_set *s, const struct st_tensor *t) {
-    if (t->dtype < 0)
+    if (t->dtype < 0 && !is_f8e4m3(t))
         return sl_seterr(SL_ERR_UNSUPPORTED, "tensor %s (%s): dtype %s is not "
-                         "supported (supported: F32, F16, BF16)", t->name,
+                         "supported (supported: F32, F16, BF16, F8_E4M3)", t->name,
                          s->files[t->shard].path, t->dtype_name);
     return SL_OK;
 }
@@ -518,7 +540,8 @@ int st_read_rows_f32(const struct st_set *s, const struct st_tensor *t,
     if ((rc = st_read_raw(s, t, row0 * cols * t->elem_size, n * t->elem_size,
                           dst)))
         return rc;
-    if (t->dtype != SL_DTYPE_F32) widen_in_place(dst, n, t->dtype);
+    if (is_f8e4m3(t)) widen_f8_in_place(dst, n);
+    else if (t->dtype != SL_DTYPE_F32) widen_in_place(dst, n, t->dtype);
     return SL_OK;
 }
 
@@ -527,6 +550,7 @@ int st_read_f32(const struct st_set *s, const struct st_tensor *t,
     int rc = check_float(s, t);
     if (rc) return rc;
     if ((rc = st_read_raw(s, t, 0, t->size, dst))) return rc;
-    if (t->dtype != SL_DTYPE_F32) widen_in_place(dst, t->numel, t->dtype);
+    if (is_f8e4m3(t)) widen_f8_in_place(dst, t->numel);
+    else if (t->dtype != SL_DTYPE_F32) widen_in_place(dst, t->numel, t->dtype);
     return SL_OK;
 }

@@ -4,8 +4,9 @@
  * model.safetensors.index.json.
  *
  * What it is: a validating header parser plus pread-based readers that turn
- * F32 / F16 / BF16 data into floats, a row range at a time so that callers
- * bound their memory. What it is not: a writer, or a reader of other dtypes
+ * F32 / F16 / BF16 / F8_E4M3 data into floats (F8 values as stored: block
+ * scales are the caller's, see convert_fp8.c), a row range at a time so that
+ * callers bound their memory. What it is not: a writer, or a reader of other dtypes
  * (they are listed, with their names, so that the caller can skip them or
  * report them; reading one fails with SL_ERR_UNSUPPORTED).
  *
@@ -26,7 +27,8 @@
 struct st_tensor {
     const char *name;            /* owned by the set */
     char dtype_name[12];         /* as in the header: "BF16", "I64", ... */
-    int dtype;                   /* enum sl_dtype (F32/F16/BF16), or -1 */
+    int dtype;                   /* enum sl_dtype (F32/F16/BF16), or -1
+                                    (F8_E4M3 is -1 but readable as floats) */
     uint32_t elem_size;          /* bytes per element */
     int n_dims;                  /* 0..ST_MAX_DIMS; 0 is a scalar */
     uint64_t dims[ST_MAX_DIMS];  /* PyTorch order */
@@ -76,6 +78,9 @@ int st_read_f32(const struct st_set *set, const struct st_tensor *t,
  * the range is outside the tensor. No extra memory is allocated. */
 int st_read_rows_f32(const struct st_set *set, const struct st_tensor *t,
                      uint64_t row0, uint64_t n_rows, float *dst);
+
+/* The float value of an F8_E4M3 byte (exact; 0x7f / 0xff are NaN). */
+float st_f8e4m3_to_f32(uint8_t b);
 
 /* Reads n raw bytes at byte offset off of the tensor's data. */
 int st_read_raw(const struct st_set *set, const struct st_tensor *t,

@@ -14,6 +14,8 @@
 #        THREADS=2 PROMPT=128 GEN=128 REPS=3 WARMUP=1 ROUNDS=2 LAYERS=8
 #        SLUICE_FLAGS="--ram-cache all"   extra flags for sluice bench
 #        CMAKE_ARGS="-DGGML_NATIVE=ON"    (add -DGGML_CUDA=on on a GPU host)
+#        LLAMA_BUILD_NOTE="..."           how llama.cpp was built, when it was
+#                                         not by this script (recorded in the JSON)
 # Each round runs sluice then llama.cpp; ROUNDS > 1 interleaves them so that
 # drift in machine load hits both.
 set -euo pipefail
@@ -38,7 +40,7 @@ fi
 PY="$LLAMA_VENV/bin/python"
 
 # 2. the model, both formats
-make -s build/sluice >&2
+make -s build/sluice >&2 || { [ -x build/sluice ] && echo "llamacpp.sh: make failed; using the existing build/sluice" >&2; } || exit 1
 MODEL="$WORK/$SCENARIO-L$LAYERS.sluice"
 GGUF="$WORK/$SCENARIO-L$LAYERS.gguf"
 [ -f "$MODEL" ] || build/sluice synth --preset "$SCENARIO" --layers "$LAYERS" -o "$MODEL" --quiet
@@ -72,9 +74,9 @@ done
 HOST=$(hostname -s 2>/dev/null || echo host)
 OUT="bench/results/$SCENARIO-$HOST-$(date -u +%Y%m%dT%H%M%SZ).json"
 python3 - "$OUT" "$WORK/sluice.jsonl" "$WORK/llama.jsonl" "$SL_CMD" "$LL_CMD" "$CHECK" \
-    "$LLAMA_CPP_PYTHON_VERSION" "${CMAKE_ARGS:--DGGML_NATIVE=ON}" <<'EOF'
+    "$LLAMA_CPP_PYTHON_VERSION" "${CMAKE_ARGS:--DGGML_NATIVE=ON}" "${LLAMA_BUILD_NOTE:-}" <<'EOF'
 import json, os, platform, sys
-out, sj, lj, sl_cmd, ll_cmd, check, ver, cmake = sys.argv[1:9]
+out, sj, lj, sl_cmd, ll_cmd, check, ver, cmake, note = sys.argv[1:10]
 S = [json.loads(l) for l in open(sj) if l.strip()]
 Lr = [json.loads(l) for l in open(lj) if l.strip()]
 def avg(runs, k):
@@ -89,7 +91,7 @@ res = {
     "sluice": {"command": sl_cmd, "rounds": S,
                "prompt_tps": avg(S, "prompt_tps"), "decode_tps": avg(S, "decode_tps")},
     "peers": [{"name": "llama.cpp", "version": Lr[0]["version"],
-               "build": f"pip install --no-binary llama-cpp-python llama-cpp-python=={ver}, CMAKE_ARGS={cmake}",
+               "build": note or f"pip install --no-binary llama-cpp-python llama-cpp-python=={ver}, CMAKE_ARGS={cmake}",
                "weights": "same weights: sluice export-gguf (q4->Q4_1, bf16->BF16)",
                "command": ll_cmd, "rounds": Lr,
                "prompt_tps": avg(Lr, "prompt_tps"), "decode_tps": avg(Lr, "decode_tps")}],

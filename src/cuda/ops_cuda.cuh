@@ -1,0 +1,108 @@
+/*
+ * ops_cuda.cuh — the CUDA backend's kernels as host launchers (C++, used by
+ * the other src/cuda/*.cu files): quantized matmul (n = 1 is the decode
+ * matvec), embedding, RMSNorm, per-head q/k norm + NeoX RoPE + KV append,
+ * GQA attention over the device KV cache, router softmax + top-k, MoE plan,
+ * fused expert gate/up + SwiGLU, expert down, weighted combine.
+ *
+ * Conventions: activations float32, weights in the stored formats of
+ * src/quant.h (rows self-contained; a row that is not 16-byte aligned takes
+ * a byte-wise path), all pointers are device pointers, every launcher
+ * enqueues on `stream` and returns SL_OK or a status with the CUDA error
+ * (launch configuration errors only: execution errors surface at the next
+ * synchronisation). Positions come from device memory (d_pos) so a decode
+ * step can be captured once as a CUDA graph and replayed.
+ * Numbers: float accumulation everywhere; the tolerances against the CPU
+ * reference are stated in tests/test_cuda.c.
+ */
+#ifndef SL_CUDA_OPS_CUDA_CUH
+#define SL_CUDA_OPS_CUDA_CUH
+
+#include <cuda_runtime.h>
+#include <stddef.h>
+#include <stdint.h>
+
+extern "C" {
+#include "util.h"
+}
+
+/* Returns a status for a failed CUDA call and sets the message ("CUDA
+ * error in <what>: <CUDA's message>"); out of memory maps to
+ * SL_ERR_NOMEM, everything else to SL_ERR_IO. */
+int cuda_fail(cudaError_t e, const char *what);
+#define CU_TRY(call)                                                      \
+    do {                                                                  \
+        cudaError_t e_ = (call);                                          \
+        if (e_ != cudaSuccess) return cuda_fail(e_, #call);               \
+    } while (0)
+
+/* One expert's work in a MoE launch. */
+struct moe_item {
+    const uint8_t *gate, *up, *down; /* device rows of the three matrices */
+    int32_t start, count;            /* its selections sel[start, +count) */
+};
+
+/* Byte offsets of gate, up, down inside an expert record. */
+struct part_off {
+    uint64_t o[3];
+};
+
+/* Shapes and formats of an expert (or of a dense SwiGLU MLP). */
+struct ffn_shape {
+    int hidden, ffn;
+    int dt_gu, dt_down;              /* gate/up share a dtype */
+    uint64_t rb_gu, rb_down;         /* row bytes */
+    int aligned_gu, aligned_down;    /* rows 16-byte aligned */
+};
+
+/* Y (n, rows) = X (n, cols) · Wᵀ (+ bias) (+ Y when accumulate). */
+int matmul_cuda(cudaStream_t s, int dtype, const void *w, const float *X, float *Y, int n,
+                int rows, int cols, const float *bias, int accumulate);
+/* out (n, cols) = rows tokens[t] of W, dequantized. */
+int embed_cuda(cudaStream_t s, int dtype, const void *w, const int32_t *tokens, float *out,
+               int n, int cols);
+/* out (n, dim) = rmsnorm(x) * w, rows independent; out may equal x. */
+int rmsnorm_cuda(cudaStream_t s, const float *x, const float *w, float *out, int n, int dim,
+                 float eps);
+/* For token t of n at position *d_pos + t: per-head rmsnorm of q (n, nh,
+ * hd) and kb (n, nkv, hd) when qn/kn are given, NeoX rope with inv_freq
+ * (hd / 2), q in place; k written to kcache row pos+t, vb copied to vcache
+ * row pos+t (kv_dim = nkv * hd floats per row). */
+int qk_rope_store_cuda(cudaStream_t s, float *q, const float *kb, const float *vb,
+                       float *kcache, float *vcache, const int32_t *d_pos, int n, int nh,
+                       int nkv, int hd, const float *qn, const float *kn, float eps,
+                       const float *inv_freq);
+/* Causal GQA attention: out (n, nh, hd); query t sees positions 0 ..
+ * *d_pos + t. scores: (n, nh, n_ctx) scratch. */
+int attention_cuda(cudaStream_t s, const float *q, const float *kcache, const float *vcache,
+                   float *out, float *scores, const int32_t *d_pos, int n, int nh, int nkv,
+                   int hd, int n_ctx, float scale);
+/* Router: logits (n, ne) → ids, w (n, k) (kind: enum sl_router_kind; norm:
+ * renormalise). When table (ne device record bases) is given and n == 1,
+ * also writes the k items (record part offsets off), sel = 0..k-1 and
+ * *n_items = k: decode needs no separate plan. */
+int route_cuda(cudaStream_t s, const float *logits, int n, int ne, int k, int kind, int norm,
+               int32_t *ids, float *w, uint8_t *const *table, struct part_off off,
+               struct moe_item *items, int32_t *sel, int32_t *n_items);
+/* Groups the n * k selections by expert in id order (n > 1): items, sel,
+ * *n_items, from table and part offsets as route_cuda. */
+int moe_plan_cuda(cudaStream_t s, const int32_t *ids, int n, int k, int ne,
+                  uint8_t *const *table, struct part_off off, struct moe_item *items,
+                  int32_t *sel, int32_t *n_items);
+/* H[sel] (·, ffn) = silu(gate · x) * (up · x) for every selection of every
+ * item (items[0 .. *n_items), at most max_items; or the one item `one` when
+ * items is NULL), x = X row sel / k. */
+int expert_gate_up_cuda(cudaStream_t s, const struct ffn_shape *sh, const struct moe_item *items,
+                        const int32_t *n_items, int max_items, struct moe_item one,
+                        const int32_t *sel, int k, const float *X, float *H, int max_count);
+/* out row = down · H[sel]: out[sel] (·, hidden) when !into_x, else
+ * out[sel / k] += (dense MLP, k = 1). */
+int expert_down_cuda(cudaStream_t s, const struct ffn_shape *sh, const struct moe_item *items,
+                     const int32_t *n_items, int max_items, struct moe_item one,
+                     const int32_t *sel, int k, const float *H, float *out, int into_x,
+                     int max_count);
+/* x[t] += sum over t's k selections in expert-id order of w * Y[t*k+s]. */
+int moe_combine_cuda(cudaStream_t s, float *x, const float *Y, const int32_t *ids,
+                     const float *w, int n, int k, int hidden);
+
+#endif /* SL_CUDA_OPS_CUDA_CUH */
