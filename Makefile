@@ -16,6 +16,8 @@ CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wno-unused-parameter \
            -fno-strict-aliasing -pthread -g $(OPT) -Iinclude -Isrc \
            -I/usr/include/cjson $(SAN)
 LDLIBS  += -lcjson -lpcre2-8 -lutf8proc -luring -lpthread -lm
+# the programs only (sluice serve, sluice chat): HTTP server, line editing
+TOOL_LDLIBS = -lmicrohttpd -lreadline
 DEPFLAGS = -MMD -MP
 
 ISA_avx2   = -mavx2 -mfma -mf16c
@@ -78,9 +80,9 @@ $(LIB): $(LIB_OBJ)
 	rm -f $@ && ar rcs $@ $^
 
 $(BUILD)/sluice%: $(BUILD)/tools/sluice%.o $(TOOL_LIB_OBJ) $(LIB)
-	$(CC) $(CFLAGS) $^ $(LDLIBS) -o $@
+	$(CC) $(CFLAGS) $^ $(LDLIBS) $(TOOL_LDLIBS) -o $@
 $(BUILD)/sluice: $(BUILD)/tools/sluice.o $(TOOL_LIB_OBJ) $(LIB)
-	$(CC) $(CFLAGS) $^ $(LDLIBS) -o $@
+	$(CC) $(CFLAGS) $^ $(LDLIBS) $(TOOL_LDLIBS) -o $@
 
 $(BUILD)/tests/%: $(BUILD)/tests/%.o $(LIB)
 	$(CC) $(CFLAGS) $^ $(LDLIBS) -o $@
@@ -97,6 +99,10 @@ $(DEFAULT_MODEL): $(BUILD)/sluice $(DEMO_HF)
 # test: build everything and run the whole suite (tests/run.sh)
 test: all $(TESTS)
 	tests/run.sh $(BUILD)
+
+# test-cuda: the CUDA backend's tests alone (tests/test_cuda.c; skip without a GPU)
+test-cuda: $(BUILD)/tests/test_cuda
+	$(BUILD)/tests/test_cuda
 
 # bench: matvec bandwidth and decode tok/s (bench/run.sh; not a test)
 bench: all $(BENCHES)
@@ -152,6 +158,6 @@ clean:
 help:
 	@grep -B1 -E '^[a-z-]+:' Makefile | grep '^#' | sed 's/^# //'
 
-.PHONY: all test bench bench-report asan tsan fuzz fuzz-check fuzz-build format clean help
+.PHONY: all test test-cuda bench bench-report asan tsan fuzz fuzz-check fuzz-build format clean help
 .SECONDARY:
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

@@ -16,9 +16,10 @@ def main():
     rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
     disk = float(sys.argv[2])
     out = sys.argv[3] if len(sys.argv) > 3 else None
-    print("| config | flags | decode tok/s | prompt tok/s | hit | prefetch-hit | miss "
-          "| disk MiB/token | disk-bound limit tok/s | % of limit | prefetch acc. / precision "
-          "| lookahead acc. | cgroup peak GiB | llama.cpp (mmap) tok/s |")
+    print("| config | flags | load avg | decode tok/s | prompt tok/s | decode hit "
+          "| run hit / prefetch-hit / miss | decode disk MiB/token | disk-bound limit tok/s "
+          "| % of limit | prefetch acc. / precision | lookahead acc. | cgroup peak GiB "
+          "| llama.cpp (mmap) tok/s |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     pts = {}
     for r in rows:
@@ -28,9 +29,10 @@ def main():
         lim = disk * 1e9 / dbt if dbt > 0 else float("inf")
         tps = b["decode_tps"]
         hit = b.get("cache_hit_rate", 0)
-        print("| %s | `%s` | %.2f | %.2f | %.1f%% | %.1f%% | %.1f%% | %.1f | %s | %s | %s | %s | %.2f | _peer column: see bench/peers_ |" % (
-            r["config"], r["flags"], tps, b["prompt_tps"], 100 * hit,
-            100 * es.get("prefetch_hit", 0), 100 * es.get("miss", 0), dbt / 2**20,
+        print("| %s | `%s` | %.1f | %.2f | %.2f | %.1f%% | %.0f / %.0f / %.0f %% | %.1f | %s | %s | %s | %s | %.2f | _peer: TODO (bench/peers)_ |" % (
+            r["config"], r["flags"], b.get("loadavg", [0])[0], tps, b["prompt_tps"], 100 * hit,
+            100 * es.get("hit", 0), 100 * es.get("prefetch_hit", 0), 100 * es.get("miss", 0),
+            dbt / 2**20,
             "%.2f" % lim if lim != float("inf") else "∞",
             "%.0f%%" % (100 * tps / lim) if lim != float("inf") else "—",
             "%.0f%% / %.0f%%" % (100 * es.get("prefetch_accuracy", 0),

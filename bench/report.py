@@ -30,6 +30,7 @@ import glob
 import json
 import os
 import sys
+import textwrap
 
 BEGIN = "<!-- BEGIN GENERATED: make bench-report -->"
 END = "<!-- END GENERATED -->"
@@ -49,6 +50,11 @@ def load(paths):
             print(f"report.py: skipping {p}: {e}", file=sys.stderr)
             continue
         for o in objs:
+            if isinstance(o.get("bench"), dict) and "engine" not in o:
+                # a wrapper from a scenario script: {"config", "flags", ..., "bench": {...}}
+                inner = dict(o["bench"])
+                inner["config"] = o.get("config") or o.get("flags")
+                o = inner
             o["_file"] = os.path.basename(p)
             out.append(o)
     return out
@@ -119,21 +125,24 @@ def peer_section(scen, runs):
 
 def sluice_section(scen, runs, plot_dir, rel_dir):
     L = [f"### {scen}: sluice bench", "",
-         "| machine | model | cache budget | prompt tok/s | decode tok/s | active MiB/token "
+         "| machine | model | config | cache budget | prompt tok/s | decode tok/s | active MiB/token "
          "| GB/s achieved | limit tok/s | % of limit | hit rate | disk MiB/token | logits hash |",
-         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for o in runs:
-        lim = o.get("limit_tps") or 0
-        L.append(f"| {machine(o)} | {o.get('model', '?')} | "
-                 f"{o.get('cache_budget_bytes', 0) / 2**30:.2f} GiB | "
+        lim, which = o.get("limit_tps") or 0, "RAM"
+        if o.get("disk_limit_tps") and o["disk_limit_tps"] < lim:
+            lim, which = o["disk_limit_tps"], "disk"
+        cfg = o.get("config") or "—"
+        L.append(f"| {machine(o)} | {o.get('model', '?')} | {cfg} | "
+                 f"{o.get('cache_budget_bytes', 0) / 2**20:.1f} MiB | "
                  f"{fmt(o['prompt_tps'], o.get('prompt_tps_sd'))} | "
                  f"{fmt(o['decode_tps'], o.get('decode_tps_sd'))} | "
                  f"{o.get('active_bytes_per_token', 0) / 2**20:.1f} | {fmt(o.get('achieved_gbs'))} | "
-                 f"{fmt(lim)} | {100 * o['decode_tps'] / lim:.0f}% | "
+                 f"{fmt(lim)} ({which}) | {100 * o['decode_tps'] / lim:.0f}% | "
                  f"{100 * o.get('cache_hit_rate', 0):.1f}% | "
                  f"{o.get('disk_bytes_per_token', 0) / 2**20:.2f} | `{o.get('logits_hash', '')}` |"
                  if lim else
-                 f"| {machine(o)} | {o.get('model', '?')} | — | {fmt(o['prompt_tps'])} | "
+                 f"| {machine(o)} | {o.get('model', '?')} | {cfg} | — | {fmt(o['prompt_tps'])} | "
                  f"{fmt(o['decode_tps'])} | — | — | — | — | — | — | `{o.get('logits_hash', '')}` |")
     L.append("")
     by_model = {}
@@ -168,7 +177,7 @@ def plot_cache(rs, path, title):
                 marker="s", label="prompt")
     ax.set_xlabel("expert cache (% of expert bytes)")
     ax.set_ylabel("tok/s")
-    ax.set_title(title, fontsize=8)
+    ax.set_title(textwrap.fill(title, 90), fontsize=7)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

@@ -378,6 +378,36 @@ void sl_sampler_free(struct sl_sampler *s);
  * ties go to the lower id. */
 int32_t sl_sample(struct sl_sampler *s, const float *logits);
 
+
+/* ---- chat templates ------------------------------------------------------ */
+
+/* The model's chat template source (tokenizer_config.json "chat_template",
+ * stored in the file's tokenizer-config section). On success *out is a
+ * malloc'ed NUL-terminated copy (caller frees with free()); SL_ERR_UNSUPPORTED
+ * when the file has no chat template. */
+int sl_model_chat_template(const struct sl_model *model, char **out);
+
+/* A parsed chat template (src/chat_template.h: a strict Jinja2 subset with
+ * transformers' settings). Immutable once created: sl_chat_render may run
+ * on several threads at once. */
+struct sl_chat;
+/* Parses the model's template (bos_token / eos_token come from the file).
+ * SL_ERR_UNSUPPORTED when there is none or it uses a construct outside the
+ * subset (the message names it and its line). */
+int sl_chat_create(const struct sl_model *model, struct sl_chat **out);
+/* The same from template source text; bos/eos may be NULL. */
+int sl_chat_create_from_source(const char *source, const char *bos_token,
+                               const char *eos_token, struct sl_chat **out);
+void sl_chat_free(struct sl_chat *chat); /* NULL is a no-op */
+/* Renders messages_json (a JSON array of {"role", "content", ...}) like
+ * transformers' apply_chat_template(tokenize=False). extra_json is NULL or
+ * a JSON object of further template variables ({"enable_thinking": false,
+ * "tools": [...]}). On success *out is malloc'ed text (caller frees with
+ * free()). SL_ERR_ARG for malformed JSON or when the template raises. */
+int sl_chat_render(const struct sl_chat *chat, const char *messages_json,
+                   int add_generation_prompt, const char *extra_json,
+                   char **out);
+
 #ifdef __cplusplus
 }
 #endif

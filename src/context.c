@@ -7,8 +7,10 @@
 #include <stdlib.h>
 
 #include "context.h"
+#include "cuda/cuda.h"
 #include "cpu/ops.h"
 #include "cpu/pool.h"
+#include "layer_hybrid.h"
 #include "layer_mla.h"
 #include "util.h"
 
@@ -44,7 +46,9 @@ void sl_context_free(struct sl_context *ctx) {
     sl_free(ctx->moe_done);
     sl_free(ctx->pf_ids);
     mla_scratch_free(ctx->mla);
+    hybrid_state_free(ctx->hybrid);
     pool_free(ctx->pool);
+    cuda_ctx_free(ctx->cuda);
     sl_free(ctx);
 }
 
@@ -76,14 +80,19 @@ int sl_context_create(struct sl_model *model,
     /* MLA layers cache the latent instead of K and V (layer_mla.h) */
     uint64_t mla_kv = c->kv_lora_rank ? (uint64_t)c->n_layers * n_ctx * config_mla_cache_dim(c) : 0;
     if (mla_kv) kv = 0;
+    if (model->cuda) kv = 0; /* the KV cache lives on the GPU (cuda_ctx_create) */
     uint64_t ffn = max_u64(max_u64(c->ffn, c->moe_ffn),
                            (uint64_t)c->moe_ffn * c->n_shared_experts), B = n_batch;
+    ffn = max_u64(ffn, c->shared_ffn); /* qwen3_next / qwen3_5_moe shared expert */
     uint64_t k = max_u64(c->n_experts_used, 1), ne = max_u64(c->n_experts, 1);
     int ok = 1;
     if (kv) alloc_f32(&ctx->k_cache, kv, &ok);
     if (kv) alloc_f32(&ctx->v_cache, kv, &ok);
     if (mla_kv) alloc_f32(&ctx->mla_cache, mla_kv, &ok);
     if (mla_kv && ok && mla_scratch_create(c, (int)n_batch, &ctx->mla)) ok = 0;
+    if (config_is_hybrid(c) && ok &&
+        hybrid_state_create(c, (int)n_batch, n_threads, &ctx->hybrid))
+        ok = 0;
     alloc_f32(&ctx->x, B * c->hidden, &ok);
     alloc_f32(&ctx->xb, B * c->hidden, &ok);
     alloc_f32(&ctx->xb2, B * c->hidden, &ok);
@@ -119,6 +128,10 @@ int sl_context_create(struct sl_model *model,
     }
     const char *dump_dir = getenv("SLUICE_DUMP");
     ctx->dump_dir = dump_dir && *dump_dir ? dump_dir : NULL;
+    if (model->cuda && (st = cuda_ctx_create(ctx, &ctx->cuda))) { /* may lower n_batch */
+        sl_context_free(ctx);
+        return st;
+    }
     *out = ctx;
     return SL_OK;
 }
@@ -145,11 +158,17 @@ int sl_eval(struct sl_context *ctx, const int32_t *tokens, size_t n,
         float *out = logits_all ? logits_all + i * (uint64_t)c->n_vocab
                      : last     ? ctx->logits
                                 : NULL;
-        int st = forward_batch(ctx, tokens + i, chunk, start + (uint32_t)i, out,
+        int st = (ctx->cuda ? forward_batch_cuda : forward_batch)(ctx, tokens + i, chunk,
+                                                                  start + (uint32_t)i, out,
                                logits_all != NULL);
         if (st) {
             ctx->n_past = start;
             ctx->has_logits = 0;
+            /* recurrent state cannot be rewound: start the sequence over */
+            if (ctx->hybrid) {
+                hybrid_state_reset(ctx->hybrid);
+                ctx->n_past = 0;
+            }
             return st;
         }
     }
@@ -178,11 +197,13 @@ uint32_t sl_context_n_past(const struct sl_context *ctx) { return ctx->n_past; }
 void sl_context_reset(struct sl_context *ctx) {
     ctx->n_past = 0;
     ctx->has_logits = 0;
+    hybrid_state_reset(ctx->hybrid);
 }
 
 void sl_context_stats(const struct sl_context *ctx, struct sl_stats *out) {
     *out = ctx->stats;
     expert_store_stats(ctx->model->experts, out);
+    if (ctx->model->cuda) cuda_model_stats(ctx->model->cuda, out);
 }
 
 const char *sl_backend_desc(void) {

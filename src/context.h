@@ -14,6 +14,7 @@
 
 struct sl_pool;
 struct mla_scratch;
+struct hybrid_state;
 struct cuda_ctx;
 
 struct sl_context {
@@ -52,6 +53,10 @@ struct sl_context {
                                  qk_rope_head_dim): per position the normed
                                  latent, then the roped shared key */
     struct mla_scratch *mla;  /* MLA activation buffers */
+    /* qwen3_next / qwen3_5_moe (layer_hybrid.h): the Gated DeltaNet layers'
+     * recurrent state (fixed size per layer) and scratch; NULL otherwise.
+     * Cleared by sl_context_reset; a failed sl_eval resets the context. */
+    struct hybrid_state *hybrid;
     float *logits;            /* (n_vocab) after the last token */
     int has_logits;
     const char *dump_dir;     /* SLUICE_DUMP, or NULL */

@@ -17,6 +17,14 @@
  * and down_proj_bias [E, hidden] stay dense f32 tensors under their HF
  * names: they are small (E * (2*ffn + hidden) floats a layer) and keeping
  * them out of the expert records leaves the file format unchanged.
+ * deepseek_v3 (do_layer_deepseek): MLA tensors self_attn.{q_a_proj,
+ * q_a_layernorm, q_b_proj | q_proj, kv_a_proj_with_mqa, kv_a_layernorm,
+ * kv_b_proj, o_proj}, dense mlp.* for layers below first_k_dense_replace,
+ * else mlp.gate.weight + mlp.gate.e_score_correction_bias (f32) +
+ * mlp.shared_experts.* (dense) and routed experts as qwen3_moe's (per expert
+ * or fused). FP8 checkpoints (quantization_config quant_method "fp8"):
+ * F8_E4M3 weights are dequantized with their *_scale_inv block scales while
+ * rows are read (convert_fp8.h), then stored like any other source.
  *
  * Tensor names (HF qwen3_moe). Dense tensors keep their HF names in the
  * output so that the loader looks them up by those names:

@@ -465,8 +465,10 @@ int expert_store_create(const struct sl_file *file, const char *path,
     s->lstat = sl_calloc(n ? n : 1, sizeof *s->lstat);
     if (!s->by_layer || !s->base || !s->lstat) goto nomem;
     for (uint32_t l = 0; l < n; l++) s->base[l] = -1;
+    s->first_moe = UINT32_MAX;
     for (uint32_t i = 0; i < file->n_expert_layers; i++) {
         const struct sl_expert_layer *el = &file->expert_layers[i];
+        if (el->layer < s->first_moe) s->first_moe = el->layer;
         s->by_layer[el->layer] = el;
         s->base[el->layer] = (int32_t)s->n_entries;
         s->n_entries += el->n_experts;
@@ -551,6 +553,49 @@ static void pf_outcome(struct expert_store *s, int useful) {
     s->win_useful = s->win_wasted = 0;
 }
 
+/* The A/B probe of auto prefetch, at each request of the first MoE layer
+ * (mu held): a step is the time from one such request to the next, i.e. one
+ * chunk or decode token. PF_PROBE steps with prefetch, PF_PROBE without,
+ * then whichever was faster per step (prefetch must win by 5 %, since it
+ * costs bandwidth and a lookahead matvec per layer) holds for ab_hold
+ * steps, doubling while successive probes agree, up to 4096. Why: whether
+ * prefetch pays depends on the machine (disk vs compute bound, spare
+ * cores), which only timing shows; its precision alone cannot. */
+#define PF_PROBE 8
+static void ab_step(struct expert_store *s) {
+    double now = sl_now();
+    if (s->ab_t_last > 0) {
+        s->ab_sum[s->ab_step_on] += now - s->ab_t_last;
+        s->ab_cnt[s->ab_step_on]++;
+        if (s->ab_phase < 2 && ++s->ab_n >= PF_PROBE) {
+            s->ab_n = 0;
+            if (++s->ab_phase == 2) {
+                double on = s->ab_sum[1] / (s->ab_cnt[1] ? s->ab_cnt[1] : 1);
+                double off = s->ab_sum[0] / (s->ab_cnt[0] ? s->ab_cnt[0] : 1);
+                int dec_off = s->ab_cnt[1] && s->ab_cnt[0] && on > 0.95 * off;
+                if (!s->ab_hold) s->ab_hold = 32;
+                else if (dec_off == s->ab_off && s->ab_hold < 4096) s->ab_hold *= 2;
+                else s->ab_hold = 32;
+                s->ab_off = dec_off;
+                s->ab_decisions[!dec_off]++;
+            }
+        } else if (s->ab_phase == 2 && ++s->ab_n >= s->ab_hold) {
+            s->ab_n = 0;
+            s->ab_phase = 0; /* probe again */
+            s->ab_sum[0] = s->ab_sum[1] = 0;
+            s->ab_cnt[0] = s->ab_cnt[1] = 0;
+        }
+    }
+    s->ab_t_last = now;
+}
+
+/* Whether auto prefetch is on for the current step (mu held). */
+static int ab_wants(const struct expert_store *s) {
+    if (s->ab_phase == 0) return 1;
+    if (s->ab_phase == 1) return 0;
+    return !s->ab_off;
+}
+
 int expert_store_request(struct expert_store *s, uint32_t layer,
                          const int32_t *experts, int n) {
     int st = check_ids(s, layer, experts, n);
@@ -558,6 +603,10 @@ int expert_store_request(struct expert_store *s, uint32_t layer,
     if (s->io_mode == SL_IO_MMAP) return SL_OK;
     pthread_mutex_lock(&s->mu);
     uint64_t req = ++s->n_requests;
+    if (layer == s->first_moe && s->prefetch_mode == SL_PREFETCH_AUTO) {
+        ab_step(s);
+        s->ab_step_on = ab_wants(s);
+    }
     struct layer_stat *ls = &s->lstat[layer];
     int queued = 0;
     for (int i = 0; i < n; i++) {
@@ -705,7 +754,8 @@ void expert_store_release(struct expert_store *s, uint32_t layer, uint32_t exper
 int expert_store_prefetch_wanted(struct expert_store *s, uint32_t layer) {
     if (s->prefetch_mode == SL_PREFETCH_OFF || !layer_of(s, layer)) return 0;
     pthread_mutex_lock(&s->mu);
-    int paused = s->prefetch_mode == SL_PREFETCH_AUTO && s->n_requests < s->pf_pause_until;
+    int paused = s->prefetch_mode == SL_PREFETCH_AUTO &&
+                 (s->n_requests < s->pf_pause_until || !ab_wants(s));
     s->pf_paused_now = paused;
     pthread_mutex_unlock(&s->mu);
     return !paused;
@@ -803,14 +853,18 @@ const char *expert_store_desc(struct expert_store *s) {
     }
     pthread_mutex_lock(&s->mu);
     int paused = s->pf_paused_now;
+    char ab[96] = "";
+    if (s->prefetch_mode == SL_PREFETCH_AUTO && s->ab_decisions[0] + s->ab_decisions[1])
+        snprintf(ab, sizeof ab, "; A/B probes kept it on %" PRIu64 ", off %" PRIu64 " times",
+                 s->ab_decisions[1], s->ab_decisions[0]);
     pthread_mutex_unlock(&s->mu);
     snprintf(s->desc, sizeof s->desc,
              "expert cache: %.1f MiB = %u slots x %.2f MiB (experts %.1f MiB), %s, %s %s x%d, "
-             "prefetch %s%s",
+             "prefetch %s%s%s",
              (double)s->budget / MIB, s->n_slots, (double)s->slot_size / MIB,
              (double)s->file->expert_bytes / MIB, policy_name(s->policy),
              modes[s->io_mode], s->engine == ENGINE_URING ? "io_uring" : "pread",
-             s->max_inflight, pf[s->prefetch_mode + 1], paused ? " (paused)" : "");
+             s->max_inflight, pf[s->prefetch_mode + 1], paused ? " (paused now)" : "", ab);
     return s->desc;
 }
 

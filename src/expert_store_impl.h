@@ -107,6 +107,19 @@ struct expert_store {
     uint64_t pf_pause_until; /* n_requests value */
     uint64_t pf_pause_len;
     int pf_paused_now;
+    /* prefetch A/B probe (auto mode): steps are the intervals between
+     * requests of the first MoE layer; PF_PROBE steps with prefetch, as many
+     * without, then the faster choice holds for ab_hold steps */
+    uint32_t first_moe;     /* first layer with routed experts */
+    double ab_t_last;       /* start of the current step, 0 = none */
+    int ab_step_on;         /* prefetch was wanted during the current step */
+    int ab_phase;           /* 0 probe on, 1 probe off, 2 hold */
+    uint32_t ab_n;          /* steps measured in this phase */
+    double ab_sum[2];       /* step seconds without [0] / with [1] prefetch */
+    uint32_t ab_cnt[2];
+    int ab_off;             /* hold decision: prefetch does not pay */
+    uint64_t ab_hold;       /* steps to hold (doubles while it agrees) */
+    uint64_t ab_decisions[2]; /* times decided off [0] / on [1] */
     /* statistics */
     double busy_t0, busy_seconds;
     uint64_t evictions, pf_issued, pf_useful, pf_wasted_bytes, peak_bytes;

@@ -25,6 +25,7 @@
 #include "context.h"
 #include "cpu/ops.h"
 #include "cpu/ops_ext.h"
+#include "layer_hybrid.h"
 #include "layer_mla.h"
 #include "moe_route.h"
 #include "util.h"
@@ -81,8 +82,9 @@ static int qk_norm_rope(const struct sl_model *m, const struct layer_weights *L,
             return st;
         return SL_OK;
     }
-    if ((st = ops_rope_neox(q, nh, hd, hd, p, c->rope_theta)) ||
-        (st = ops_rope_neox(k, nkv, hd, hd, p, c->rope_theta)))
+    int rd = (int)c->rope_dim; /* < head_dim: partial rotary (hybrid) */
+    if ((st = ops_rope_neox(q, nh, hd, rd, p, c->rope_theta)) ||
+        (st = ops_rope_neox(k, nkv, hd, rd, p, c->rope_theta)))
         return st;
     return SL_OK;
 }
@@ -101,7 +103,8 @@ static int attention(struct sl_context *ctx, uint32_t l, uint32_t pos, int n) {
     float *V = vc + (uint64_t)pos * kv_dim; /* in the cache */
     int st;
 
-    if ((st = linear_w(ctx, &L->wq, ctx->xb, ctx->q, n)) ||
+    if ((st = c->attn_gate ? hybrid_attn_q(ctx, l, n) /* q and its output gate */
+                           : linear_w(ctx, &L->wq, ctx->xb, ctx->q, n)) ||
         (st = linear_w(ctx, &L->wk, ctx->xb, K, n)) ||
         (st = linear_w(ctx, &L->wv, ctx->xb, V, n)))
         return st;
@@ -126,6 +129,7 @@ static int attention(struct sl_context *ctx, uint32_t l, uint32_t pos, int n) {
     else
         st = ops_attention_causal(ctx->pool, ctx->att, ctx->q, kc, vc, n, (int)pos,
                                   nh, nkv, hd, kv_dim, scale, ctx->att_scores);
+    if (!st && c->attn_gate) hybrid_attn_gate(ctx, n);
     if (st || (st = linear_w(ctx, &L->wo, ctx->att, ctx->xb2, n))) return st;
     add_bias(ctx->xb2, L->bo, n, (int)c->hidden);
     dump(ctx, (int)l, "attn_out.f32", ctx->xb2, (size_t)n * c->hidden * 4);
@@ -295,6 +299,8 @@ static int moe(struct sl_context *ctx, uint32_t l, int n) {
         const void *const w[3] = {L->sh_gate.data, L->sh_up.data, L->sh_down.data};
         if ((st = swiglu_mlp(ctx, dt, w, (int)L->sh_gate.rows, ctx->xb, ctx->gather, n)))
             return st;
+        if (L->sh_expert_gate) /* qwen3_next / qwen3_5_moe: sigmoid-gated */
+            hybrid_shared_gate(ctx, l, ctx->gather, n);
         ops_add(ctx->xb2, ctx->gather, n * hidden);
     }
     dump(ctx, (int)l, "moe_out.f32", ctx->xb2, (size_t)n * hidden * 4);
@@ -317,7 +323,9 @@ int forward_batch(struct sl_context *ctx, const int32_t *tokens, int n,
         for (int t = 0; t < n; t++)
             ops_rmsnorm(ctx->xb + (size_t)t * hidden, ctx->x + (size_t)t * hidden,
                         L->attn_norm, hidden, c->rms_eps);
-        if ((st = attention(ctx, l, pos, n))) return st;
+        if ((st = c->layer_linear[l] ? hybrid_gdn_layer(ctx, l, n) /* Gated DeltaNet */
+                                     : attention(ctx, l, pos, n)))
+            return st;
         ops_add(ctx->x, ctx->xb2, n * hidden);
         ctx->stats.t_attention += sl_now() - t_att;
         for (int t = 0; t < n; t++)

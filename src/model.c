@@ -15,6 +15,7 @@
 #include <sys/mman.h>
 
 #include "model.h"
+#include "cuda/cuda.h"
 #include "cpu/ops_ext.h"
 #include "quant.h"
 #include "tokenizer.h"
@@ -32,6 +33,8 @@ struct sl_model_params sl_model_default_params(void) {
     p.io_threads = 0;
     p.no_uring = 0;
     p.expert_profile = NULL;
+    p.device = SL_DEVICE_CPU;
+    p.gpu_cache_bytes = SL_GPU_CACHE_AUTO;
     return p;
 }
 
@@ -378,6 +381,18 @@ int sl_model_open(const char *path, const struct sl_model_params *params,
     if ((st = expert_store_create(&m->file, path, &sp, &m->experts))) goto fail;
     m->params.expert_profile = NULL; /* borrowed only during open */
     if (m->params.use_mlock && (st = lock_dense(m))) goto fail;
+    if (m->params.device == SL_DEVICE_CUDA || m->params.device == SL_DEVICE_AUTO) {
+        st = cuda_model_create(m, &m->cuda); /* src/cuda/cuda.h */
+        if (st == SL_ERR_UNSUPPORTED && m->params.device == SL_DEVICE_AUTO) {
+            sl_log(SL_LOG_WARN, "--device auto: running on the CPU: %s", sl_errmsg());
+            sl_clearerr();
+            st = SL_OK;
+        }
+        if (st) goto fail;
+    } else if (m->params.device != SL_DEVICE_CPU) {
+        st = sl_seterr(SL_ERR_ARG, "unknown device %d (cpu 0, cuda 1, auto 2)", m->params.device);
+        goto fail;
+    }
     const struct sl_config *c = &m->cfg;
     uint32_t n_moe = 0;
     for (uint32_t l = 0; l < c->n_layers; l++) n_moe += c->layer_is_moe[l];
@@ -397,6 +412,7 @@ fail:
 
 void sl_model_close(struct sl_model *m) {
     if (!m) return;
+    cuda_model_free(m->cuda); /* before the store it reads from */
     expert_store_free(m->experts);
     sl_tokenizer_free(m->tok);
     sl_free(m->layers);
@@ -408,6 +424,9 @@ void sl_model_close(struct sl_model *m) {
 int32_t sl_model_n_vocab(const struct sl_model *m) { return (int32_t)m->cfg.n_vocab; }
 int32_t sl_model_n_ctx_train(const struct sl_model *m) { return (int32_t)m->cfg.n_ctx_train; }
 const char *sl_model_desc(const struct sl_model *m) { return m->desc; }
+const char *sl_model_backend_desc(const struct sl_model *m) {
+    return m->cuda ? cuda_model_desc(m->cuda) : sl_backend_desc();
+}
 uint64_t sl_model_expert_bytes(const struct sl_model *m) { return m->file.expert_bytes; }
 uint64_t sl_model_dense_bytes(const struct sl_model *m) { return m->file.dense_bytes; }
 const struct sl_tokenizer *sl_model_tokenizer(const struct sl_model *m) { return m->tok; }

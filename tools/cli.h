@@ -38,10 +38,19 @@ double bench_disk_read_gbs(const char *path, int n_inflight, uint64_t block, dou
  * the model as a GGUF qwen3moe file, same weights (tools/cli_export_gguf.c). */
 int cli_export_gguf(int argc, char **argv);
 
+/* sluice serve -m MODEL [--port N] ...: the OpenAI-compatible HTTP server
+ * (tools/cli_serve.c, docs/serve.md); runs until SIGINT/SIGTERM. */
+int cli_serve(int argc, char **argv);
+
+/* sluice chat -m MODEL [--system TEXT] ...: the interactive terminal chat
+ * (tools/cli_chat.c, docs/serve.md). */
+int cli_chat(int argc, char **argv);
+
 /* Expert-store flags (tools/cli_store.c): if argv[*i] is one of --ram-cache
  * SIZE, --io direct|buffered|mmap, --cache-policy lru|lfu, --prefetch
  * 0|1|2 (off, auto, always), --expert-profile FILE, --io-threads N,
- * --no-uring, --mlock, stores it in *mp (advancing *i past a value) and
+ * --no-uring, --mlock, --device cpu|cuda|auto, --gpu-cache SIZE|all|auto,
+ * stores it in *mp (advancing *i past a value) and
  * returns 1; returns 0 for any other flag, -1 (message on stderr) for a bad
  * value. */
 struct sl_model_params;

@@ -243,7 +243,7 @@ int cli_bench(int argc, char **argv) {
     cpu_model(cpu, sizeof cpu);
     double bw = measure_read_bw(threads);
     fprintf(stderr, "device: %s, %ld cpus, %s, %d threads, RAM read %.1f GB/s (measured)\n",
-            cpu, sysconf(_SC_NPROCESSORS_ONLN), sl_backend_desc(), threads, bw);
+            cpu, sysconf(_SC_NPROCESSORS_ONLN), sl_model_backend_desc(m), threads, bw);
     fprintf(stderr, "model: %s | %s | dense %.1f MiB, experts %.1f MiB\n", path,
             sl_model_desc(m), (double)sl_model_dense_bytes(m) / (1 << 20),
             (double)sl_model_expert_bytes(m) / (1 << 20));
@@ -335,6 +335,11 @@ int cli_bench(int argc, char **argv) {
     if (disk_limit > 0)
         fprintf(stderr, " | disk limit %.2f tok/s (%.0f%% reached)\n", disk_limit,
                 100 * tgm / disk_limit);
+    {
+        struct sl_stats fs; /* the GPU expert cache's tiers (CUDA only) */
+        sl_context_stats(ctx, &fs);
+        if (fs.gpu_cache_bytes) cli_print_store_stats(m, &fs, 0);
+    }
     if (json) {
         cJSON *o = cJSON_CreateObject();
         cJSON_AddStringToObject(o, "scenario", scenario);

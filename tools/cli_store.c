@@ -1,7 +1,7 @@
 /*
  * cli_store.c — the expert-store flags shared by `sluice run`, `logits` and
  * `bench` (--ram-cache, --io, --cache-policy, --prefetch, --expert-profile,
- * --mlock, --io-threads, --no-uring) and the statistics that --timing
+ * --mlock, --io-threads, --no-uring, --device, --gpu-cache) and the statistics that --timing
  * prints (docs/streaming.md explains every number).
  *
  * What it is not: option parsing for anything else; each command keeps its
@@ -25,7 +25,8 @@ int cli_store_flag(const char *cmd, int argc, char **argv, int *i,
                    struct sl_model_params *mp) {
     const char *s = argv[*i];
     static const char *takes_value[] = {"--ram-cache", "--io", "--cache-policy", "--prefetch",
-                                        "--expert-profile", "--io-threads"};
+                                        "--expert-profile", "--io-threads", "--device",
+                                        "--gpu-cache"};
     int needs = 0;
     for (size_t k = 0; k < sizeof takes_value / sizeof *takes_value; k++)
         needs |= !strcmp(s, takes_value[k]);
@@ -60,6 +61,15 @@ int cli_store_flag(const char *cmd, int argc, char **argv, int *i,
         else if (!strcmp(v, "1") || !strcmp(v, "auto")) mp->prefetch = SL_PREFETCH_AUTO;
         else if (!strcmp(v, "2") || !strcmp(v, "always")) mp->prefetch = SL_PREFETCH_ALWAYS;
         else return bad(cmd, s, v, "0/off, 1/auto or 2/always");
+    } else if (!strcmp(s, "--device")) {
+        if (!strcmp(v, "cpu")) mp->device = SL_DEVICE_CPU;
+        else if (!strcmp(v, "cuda") || !strcmp(v, "gpu")) mp->device = SL_DEVICE_CUDA;
+        else if (!strcmp(v, "auto")) mp->device = SL_DEVICE_AUTO;
+        else return bad(cmd, s, v, "cpu, cuda or auto");
+    } else if (!strcmp(s, "--gpu-cache")) {
+        if (!strcmp(v, "auto")) mp->gpu_cache_bytes = SL_GPU_CACHE_AUTO;
+        else if (sl_parse_size(v, &mp->gpu_cache_bytes) != SL_OK || mp->gpu_cache_bytes == 0)
+            return bad(cmd, s, v, "a size (512M, 20G, all, auto)");
     } else if (!strcmp(s, "--expert-profile")) {
         mp->expert_profile = v;
     } else if (!strcmp(s, "--io-threads")) {
@@ -92,6 +102,14 @@ void cli_print_store_stats(const struct sl_model *m, const struct sl_stats *st, 
             "experts %.1f MiB\n", status_kb("VmHWM") / 1024, status_kb("VmRSS") / 1024,
             (double)sl_model_dense_bytes(m) / 1048576.0,
             (double)sl_model_expert_bytes(m) / 1048576.0);
+    if (st->gpu_cache_bytes) {
+        uint64_t gu = st->gpu_hits + st->gpu_uploads;
+        fprintf(stderr, "gpu cache: %" PRIu64 " uses, GPU hit %.1f%%, uploaded %.1f%% | H2D %.3f GB"
+                " at %.2f GB/s | budget %.1f MiB\n", gu, gu ? 100.0 * (double)st->gpu_hits / (double)gu : 0,
+                gu ? 100.0 * (double)st->gpu_uploads / (double)gu : 0, (double)st->gpu_h2d_bytes / 1e9,
+                st->gpu_h2d_seconds > 0 ? (double)st->gpu_h2d_bytes / 1e9 / st->gpu_h2d_seconds : 0,
+                (double)st->gpu_cache_bytes / 1048576.0);
+    }
     uint64_t uses = st->cache_hits + st->cache_misses + st->prefetch_hits;
     if (uses == 0) return;
     double gb = (double)st->cache_bytes_read / 1e9;

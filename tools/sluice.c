@@ -30,7 +30,7 @@ static const char usage_text[] =
     "commands:\n"
     "  convert HF_DIR -o OUT.sluice [--experts bf16|q8|q4] [--dense bf16|q8|f32] [--quiet]\n"
     "  run     [-m MODEL] -p TEXT [-n N] [--temp T] [--top-k K] [--top-p P] [--seed S]\n"
-    "          [-t THREADS] [--ctx N] [--device cpu] [--timing] [STORE FLAGS]\n"
+    "          [-t THREADS] [--ctx N] [--timing] [STORE FLAGS]\n"
     "  logits  -m MODEL --tokens 1,2,3 -o OUT.f32 [--generate N] [-t THREADS] [--timing]\n"
     "          [STORE FLAGS]\n"
     "  tokenize (-m MODEL | --tokenizer tokenizer.json) --text-file F\n"
@@ -39,11 +39,15 @@ static const char usage_text[] =
     "  synth   --preset NAME [-o OUT] [--layers N] [--experts D] [--dense D] [--skew G]\n"
     "  perplexity -m MODEL --text-file F [--window N] [--max-tokens N] [--kl-ref REF] [--json]\n"
     "  export-gguf MODEL.sluice -o OUT.gguf [--tokenizer tokenizer.json] [--quiet]\n"
+    "  serve   -m MODEL [--port N] [--max-seqs N] [--ctx N] [--api-key K] ... (docs/serve.md)\n"
+    "  chat    -m MODEL [--system TEXT] [--temp T] [-n N] ... (docs/serve.md)\n"
     "\n"
     "STORE FLAGS (run, logits, bench; docs/streaming.md):\n"
     "  --ram-cache SIZE (512M, 4G, 1.5G, all; default: from available memory)\n"
     "  --io direct|buffered|mmap  --cache-policy lru|lfu  --prefetch 0|1|2\n"
     "  --expert-profile FILE  --io-threads N  --no-uring  --mlock\n"
+    "  --device cpu|cuda|auto (auto: CUDA if present, else CPU; docs/cuda.md)\n"
+    "  --gpu-cache SIZE|all|auto (CUDA: expert bytes kept in GPU memory)\n"
     "\n"
     "Without -m, run uses $SLUICE_MODEL or the default model built next to the\n"
     "sluice binary (build/default.sluice).\n";
@@ -208,19 +212,7 @@ static int cmd_run(int argc, char **argv) {
         else if (!strcmp(s, "-t") || !strcmp(s, "--threads")) parse_long(&a, 0, 1024, &n_threads);
         else if (!strcmp(s, "--ctx")) parse_long(&a, 0, 1 << 24, &n_ctx);
         else if (!strcmp(s, "--timing")) timing = 1;
-        else if (!strcmp(s, "--device")) {
-            const char *d = arg_value(&a);
-            if (d && strcmp(d, "cpu")) {
-                if (!strcmp(d, "cuda")) {
-                    fprintf(stderr, "%s: --device cuda: this build has no CUDA backend yet\n", cmd_name);
-                    return 1;
-                }
-                return usage_error("--device: unknown device '%s' (cpu, cuda)", d);
-            }
-        } else if (!strcmp(s, "--gpu-cache")) {
-            fprintf(stderr, "%s: %s: this build has no GPU expert cache yet\n", cmd_name, s);
-            return 1;
-        } else if ((v = cli_store_flag(cmd_name, argc, argv, &a.i, &mp)) < 0) {
+        else if ((v = cli_store_flag(cmd_name, argc, argv, &a.i, &mp)) < 0) {
             return usage_error("bad expert-store option");
         } else if (v == 0) return usage_error("unknown option %s", s);
     }
@@ -265,7 +257,7 @@ static int cmd_run(int argc, char **argv) {
         fail(NULL);
         goto done;
     }
-    if (timing) fprintf(stderr, "model: %s\n", sl_model_desc(m));
+    if (timing) fprintf(stderr, "device: %s\nmodel: %s\n", sl_model_backend_desc(m), sl_model_desc(m));
     if (sl_eval(ctx, ids, n_ids, NULL) != SL_OK) {
         fail("prompt");
         goto done;
@@ -575,6 +567,8 @@ int main(int argc, char **argv) {
     if (!strcmp(c, "synth")) return cli_synth(argc, argv);
     if (!strcmp(c, "perplexity")) return cli_perplexity(argc, argv);
     if (!strcmp(c, "export-gguf")) return cli_export_gguf(argc, argv);
+    if (!strcmp(c, "serve")) return cli_serve(argc, argv);
+    if (!strcmp(c, "chat")) return cli_chat(argc, argv);
     cmd_name = "sluice";
     return usage_error("unknown command '%s'", c);
 }

@@ -36,6 +36,7 @@ def main():
     ap.add_argument("--gguf", required=True)
     ap.add_argument("--python", default=sys.executable)
     ap.add_argument("--tokens", default="11,257,3,1024,77,500,9,1999,42,600,1500,8")
+    ap.add_argument("--llama-flags", default="", help="extra llamacpp_run.py flags")
     ap.add_argument("--max-rel", type=float, default=0.05,
                     help="max |diff| / max |logit| allowed per row")
     a = ap.parse_args()
@@ -45,7 +46,8 @@ def main():
         subprocess.run([a.sluice, "logits", "-m", a.model, "--tokens", a.tokens, "-o", s_out,
                         "-t", "1"], check=True)
         subprocess.run([a.python, os.path.join(here, "llamacpp_run.py"), "-m", a.gguf,
-                        "--tokens", a.tokens, "--logits", l_out, "-t", "1"], check=True,
+                        "--tokens", a.tokens, "--logits", l_out, "-t", "1"] + a.llama_flags.split(),
+                       check=True,
                        stderr=subprocess.DEVNULL)
         n_vocab = os.path.getsize(s_out) // 4 // len(ids)
         S, Lr = rows(s_out, n_vocab), rows(l_out, n_vocab)

@@ -12,6 +12,10 @@
 #                                 from source if missing: several minutes)
 #        LLAMA_CPP_PYTHON_VERSION=0.3.36   pinned version
 #        THREADS=2 PROMPT=128 GEN=128 REPS=3 WARMUP=1 ROUNDS=2 LAYERS=8
+#        PEER_THREADS="2 1"  thread counts llama.cpp runs with (one peer entry
+#                            each; its OpenMP barriers suffer badly when a
+#                            2-vCPU machine has any other load, so the best of
+#                            them is the honest comparison)
 #        SLUICE_FLAGS="--ram-cache all"   extra flags for sluice bench
 #        CMAKE_ARGS="-DGGML_NATIVE=ON"    (add -DGGML_CUDA=on on a GPU host)
 #        LLAMA_BUILD_NOTE="..."           how llama.cpp was built, when it was
@@ -27,6 +31,7 @@ LLAMA_CPP_PYTHON_VERSION=${LLAMA_CPP_PYTHON_VERSION:-0.3.36}
 THREADS=${THREADS:-2} PROMPT=${PROMPT:-128} GEN=${GEN:-128}
 REPS=${REPS:-3} WARMUP=${WARMUP:-1} ROUNDS=${ROUNDS:-2} LAYERS=${LAYERS:-8}
 SLUICE_FLAGS=${SLUICE_FLAGS:---ram-cache all}
+PEER_THREADS=${PEER_THREADS:-$THREADS}
 SEED=1234
 mkdir -p "$WORK" bench/results
 
@@ -60,25 +65,28 @@ cat "$MODEL" "$GGUF" > /dev/null
 
 # 5. side by side
 SL_CMD="build/sluice bench -m $MODEL --prompt $PROMPT --gen $GEN --reps $REPS --warmup $WARMUP -t $THREADS --seed $SEED --scenario $SCENARIO $SLUICE_FLAGS --json"
-LL_CMD="$PY bench/peers/llamacpp_run.py -m $GGUF --trace $WORK/trace.json --prompt $PROMPT --gen $GEN --reps $REPS --warmup $WARMUP -t $THREADS --scenario $SCENARIO"
+LL_CMD="$PY bench/peers/llamacpp_run.py -m $GGUF --trace $WORK/trace.json --prompt $PROMPT --gen $GEN --reps $REPS --warmup $WARMUP --scenario $SCENARIO"
 : > "$WORK/sluice.jsonl"
-: > "$WORK/llama.jsonl"
+for pt in $PEER_THREADS; do : > "$WORK/llama-t$pt.jsonl"; done
 for r in $(seq "$ROUNDS"); do
     echo "llamacpp.sh: round $r: sluice" >&2
     $SL_CMD --trace-out "$WORK/trace.json" >> "$WORK/sluice.jsonl"
-    echo "llamacpp.sh: round $r: llama.cpp" >&2
-    $LL_CMD >> "$WORK/llama.jsonl"
+    for pt in $PEER_THREADS; do
+        echo "llamacpp.sh: round $r: llama.cpp -t $pt" >&2
+        $LL_CMD -t "$pt" >> "$WORK/llama-t$pt.jsonl"
+    done
 done
+LL_FILES=$(for pt in $PEER_THREADS; do printf '%s,' "$WORK/llama-t$pt.jsonl"; done)
 
 # 6. one result file
 HOST=$(hostname -s 2>/dev/null || echo host)
 OUT="bench/results/$SCENARIO-$HOST-$(date -u +%Y%m%dT%H%M%SZ).json"
-python3 - "$OUT" "$WORK/sluice.jsonl" "$WORK/llama.jsonl" "$SL_CMD" "$LL_CMD" "$CHECK" \
+python3 - "$OUT" "$WORK/sluice.jsonl" "${LL_FILES%,}" "$SL_CMD" "$LL_CMD" "$CHECK" \
     "$LLAMA_CPP_PYTHON_VERSION" "${CMAKE_ARGS:--DGGML_NATIVE=ON}" "${LLAMA_BUILD_NOTE:-}" <<'EOF'
 import json, os, platform, sys
 out, sj, lj, sl_cmd, ll_cmd, check, ver, cmake, note = sys.argv[1:10]
 S = [json.loads(l) for l in open(sj) if l.strip()]
-Lr = [json.loads(l) for l in open(lj) if l.strip()]
+peer_runs = [[json.loads(l) for l in open(f) if l.strip()] for f in lj.split(",")]
 def avg(runs, k):
     return sum(r[k] for r in runs) / len(runs)
 res = {
@@ -90,20 +98,22 @@ res = {
               "active_bytes_per_token": S[0]["active_bytes_per_token"]},
     "sluice": {"command": sl_cmd, "rounds": S,
                "prompt_tps": avg(S, "prompt_tps"), "decode_tps": avg(S, "decode_tps")},
-    "peers": [{"name": "llama.cpp", "version": Lr[0]["version"],
+    "peers": [{"name": f"llama.cpp -t {Lr[0]['threads']}", "version": Lr[0]["version"],
                "build": note or f"pip install --no-binary llama-cpp-python llama-cpp-python=={ver}, CMAKE_ARGS={cmake}",
                "weights": "same weights: sluice export-gguf (q4->Q4_1, bf16->BF16)",
-               "command": ll_cmd, "rounds": Lr,
-               "prompt_tps": avg(Lr, "prompt_tps"), "decode_tps": avg(Lr, "decode_tps")}],
+               "command": f"{ll_cmd} -t {Lr[0]['threads']}", "rounds": Lr,
+               "prompt_tps": avg(Lr, "prompt_tps"), "decode_tps": avg(Lr, "decode_tps")}
+              for Lr in peer_runs],
     "logits_check": json.loads(check),
 }
 json.dump(res, open(out, "w"), indent=1)
-p = res["peers"][0]
-print(f"{res['scenario']}: sluice prompt {res['sluice']['prompt_tps']:.2f} tok/s, decode "
-      f"{res['sluice']['decode_tps']:.2f} tok/s | llama.cpp prompt {p['prompt_tps']:.2f}, decode "
-      f"{p['decode_tps']:.2f} | ratio sluice/llama.cpp: prompt "
-      f"{res['sluice']['prompt_tps'] / p['prompt_tps']:.2f}, decode "
-      f"{res['sluice']['decode_tps'] / p['decode_tps']:.2f} | decode at "
-      f"{100 * res['sluice']['decode_tps'] / res['limit']['decode_tps']:.0f}% of the RAM limit "
-      f"({res['limit']['decode_tps']:.2f} tok/s) -> {out}", file=sys.stderr)
+for p in res["peers"]:
+    print(f"{res['scenario']}: sluice prompt {res['sluice']['prompt_tps']:.2f} tok/s, decode "
+          f"{res['sluice']['decode_tps']:.2f} tok/s | {p['name']} prompt {p['prompt_tps']:.2f}, "
+          f"decode {p['decode_tps']:.2f} | ratio sluice/peer: prompt "
+          f"{res['sluice']['prompt_tps'] / p['prompt_tps']:.2f}, decode "
+          f"{res['sluice']['decode_tps'] / p['decode_tps']:.2f} | sluice decode at "
+          f"{100 * res['sluice']['decode_tps'] / res['limit']['decode_tps']:.0f}% of the RAM limit "
+          f"({res['limit']['decode_tps']:.2f} tok/s)", file=sys.stderr)
+print(f"llamacpp.sh: -> {out}", file=sys.stderr)
 EOF

@@ -50,11 +50,13 @@ def cpu_model() -> str:
 
 
 class Engine:
-    def __init__(self, path, n_ctx, n_batch, n_threads, use_mmap=True, n_gpu_layers=0):
+    def __init__(self, path, n_ctx, n_batch, n_threads, use_mmap=True, n_gpu_layers=0,
+                 extra_bufts=True):
         L.llama_backend_init()
         mp = L.llama_model_default_params()
         mp.use_mmap = use_mmap
         mp.n_gpu_layers = n_gpu_layers
+        mp.use_extra_bufts = extra_bufts
         self.model = L.llama_model_load_from_file(path.encode(), mp)
         if not self.model:
             sys.exit(f"llamacpp_run: cannot load {path}")
@@ -72,7 +74,7 @@ class Engine:
         self.batch = L.llama_batch_init(max(n_batch, 1), 0, 1)
         self.flags = {"n_ctx": n_ctx, "n_batch": n_batch, "n_ubatch": n_batch,
                       "n_threads": n_threads, "use_mmap": use_mmap, "n_gpu_layers": n_gpu_layers,
-                      "flash_attn": "default"}
+                      "flash_attn": "default", "use_extra_bufts": extra_bufts}
 
     def reset(self):
         L.llama_memory_clear(L.llama_get_memory(self.ctx), True)
@@ -106,6 +108,9 @@ def main():
     ap.add_argument("-t", "--threads", type=int, default=os.cpu_count())
     ap.add_argument("--n-gpu-layers", type=int, default=0)
     ap.add_argument("--no-mmap", action="store_true")
+    ap.add_argument("--no-extra-bufts", action="store_true",
+                    help="no AMX/repacked weight buffers (the AMX Q8_0 kernel dies with SIGILL "
+                         "on VMs that advertise AMX without enabling it)")
     ap.add_argument("--scenario", default="")
     ap.add_argument("--tokens", help="comma-separated ids for --logits")
     ap.add_argument("--logits", help="write every position's logits (float32) here")
@@ -113,7 +118,8 @@ def main():
 
     if a.logits:
         ids = [int(x) for x in a.tokens.split(",")]
-        e = Engine(a.model, len(ids) + 1, len(ids), a.threads, not a.no_mmap, a.n_gpu_layers)
+        e = Engine(a.model, len(ids) + 1, len(ids), a.threads, not a.no_mmap, a.n_gpu_layers,
+                   not a.no_extra_bufts)
         e.decode(ids, 0, all_logits=True)
         with open(a.logits, "wb") as f:
             for i in range(len(ids)):
@@ -123,7 +129,8 @@ def main():
     trace = json.load(open(a.trace))
     if len(trace) < a.prompt + a.gen:
         sys.exit(f"llamacpp_run: trace has {len(trace)} ids, need {a.prompt + a.gen}")
-    e = Engine(a.model, a.prompt + a.gen, a.prompt, a.threads, not a.no_mmap, a.n_gpu_layers)
+    e = Engine(a.model, a.prompt + a.gen, a.prompt, a.threads, not a.no_mmap, a.n_gpu_layers,
+               not a.no_extra_bufts)
     sysinfo = L.llama_print_system_info().decode(errors="replace").strip()
     print(f"device: {cpu_model()}, {os.cpu_count()} cpus, llama.cpp ({sysinfo}), "
           f"{a.threads} threads", file=sys.stderr)

@@ -1,6 +1,6 @@
 /*
  * cuda.h — the CUDA backend as the rest of the library sees it (plain C).
- * Implemented in src/cuda/*.cu when the build has nvcc (SLUICE_CUDA), and
+ * Implemented by the .cu files of src/cuda when the build has nvcc (SLUICE_CUDA), and
  * by src/cuda_stub.c otherwise, where every entry point fails with
  * SL_ERR_UNSUPPORTED "built without CUDA".
  *

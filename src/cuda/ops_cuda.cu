@@ -87,15 +87,13 @@ template <int DT, int TB, bool A>
 __device__ __forceinline__ void row_dot(const uint8_t *__restrict__ row, int cols,
                                         const float *const (&xs)[TB], float (&acc)[TB],
                                         int lane) {
-    if (!A) {
+    if constexpr (!A) {
         for (int i = lane; i < cols; i += 32) {
             float w = row_elem<DT>(row, i, cols);
 #pragma unroll
             for (int t = 0; t < TB; t++) acc[t] += w * xs[t][i];
         }
-        return;
-    }
-    if (DT == SL_DTYPE_Q4 || DT == SL_DTYPE_Q8) {
+    } else if constexpr (DT == SL_DTYPE_Q4 || DT == SL_DTYPE_Q8) {
         int nb = cols >> 5;
         for (int b = lane; b < nb; b += 32) {
             float w[32], d, m = 0.f;
@@ -137,9 +135,7 @@ __device__ __forceinline__ void row_dot(const uint8_t *__restrict__ row, int col
                 acc[t] += d * sq + (DT == SL_DTYPE_Q4 ? m * sx : 0.f);
             }
         }
-        return;
-    }
-    if (DT == SL_DTYPE_F32) {
+    } else if constexpr (DT == SL_DTYPE_F32) {
         for (int c = lane; c < (cols >> 2); c += 32) {
             float4 wv = __ldg(reinterpret_cast<const float4 *>(row) + c);
 #pragma unroll
@@ -148,9 +144,7 @@ __device__ __forceinline__ void row_dot(const uint8_t *__restrict__ row, int col
                 acc[t] += wv.x * xv.x + wv.y * xv.y + wv.z * xv.z + wv.w * xv.w;
             }
         }
-        return;
-    }
-    /* BF16, F16: chunks of 8 */
+    } else { /* BF16, F16: chunks of 8 */
     for (int c = lane; c < (cols >> 3); c += 32) {
         uint4 v = __ldg(reinterpret_cast<const uint4 *>(row) + c);
         uint32_t wd[4] = {v.x, v.y, v.z, v.w};
@@ -168,6 +162,7 @@ __device__ __forceinline__ void row_dot(const uint8_t *__restrict__ row, int col
             acc[t] += w[0] * a.x + w[1] * a.y + w[2] * a.z + w[3] * a.w + w[4] * b.x +
                       w[5] * b.y + w[6] * b.z + w[7] * b.w;
         }
+    }
     }
 }
 
@@ -688,7 +683,7 @@ __global__ void kernel_moe_combine(float *x, const float *__restrict__ Y,
                                    const int32_t *__restrict__ ids, const float *__restrict__ w,
                                    int k, int hidden) {
     __shared__ int order[64];
-    int t = blockIdx.x;
+    int t = blockIdx.x; /* blockIdx.y: a slice of 256 of the hidden dims */
     if (threadIdx.x == 0) {
         for (int s = 0; s < k; s++) order[s] = s;
         for (int a = 1; a < k; a++) /* insertion sort by expert id */
@@ -699,7 +694,7 @@ __global__ void kernel_moe_combine(float *x, const float *__restrict__ Y,
             }
     }
     __syncthreads();
-    for (int i = threadIdx.x; i < hidden; i += blockDim.x) {
+    for (int i = blockIdx.y * blockDim.x + threadIdx.x; i < hidden; i += gridDim.y * blockDim.x) {
         float sum = 0.f;
         for (int s = 0; s < k; s++) {
             int j = t * k + order[s];
@@ -711,6 +706,6 @@ __global__ void kernel_moe_combine(float *x, const float *__restrict__ Y,
 
 int moe_combine_cuda(cudaStream_t s, float *x, const float *Y, const int32_t *ids,
                      const float *w, int n, int k, int hidden) {
-    kernel_moe_combine<<<n, 256, 0, s>>>(x, Y, ids, w, k, hidden);
+    kernel_moe_combine<<<dim3(n, (hidden + 255) / 256), 256, 0, s>>>(x, Y, ids, w, k, hidden);
     return launched("kernel_moe_combine");
 }

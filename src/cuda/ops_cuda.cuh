@@ -1,6 +1,6 @@
 /*
  * ops_cuda.cuh — the CUDA backend's kernels as host launchers (C++, used by
- * the other src/cuda/*.cu files): quantized matmul (n = 1 is the decode
+ * the other .cu files of src/cuda): quantized matmul (n = 1 is the decode
  * matvec), embedding, RMSNorm, per-head q/k norm + NeoX RoPE + KV append,
  * GQA attention over the device KV cache, router softmax + top-k, MoE plan,
  * fused expert gate/up + SwiGLU, expert down, weighted combine.

@@ -1,0 +1,146 @@
+/*
+ * internal.cuh — the CUDA backend's state, shared by model_cuda.cu (device
+ * weights, contexts), expert_cache_cuda.cu (the GPU expert cache) and
+ * forward_cuda.cu (the forward pass). C++; nothing outside src/cuda sees it.
+ *
+ * Ownership: struct cuda_model belongs to the sl_model (device weights, the
+ * GPU cache, the copy stream); struct cuda_ctx to one sl_context (its
+ * compute stream, KV cache, activations, pinned staging, decode graph).
+ */
+#ifndef SL_CUDA_INTERNAL_CUH
+#define SL_CUDA_INTERNAL_CUH
+
+#include <pthread.h>
+
+#include "cuda/ops_cuda.cuh"
+
+extern "C" {
+#include "context.h"
+#include "cuda/cuda.h"
+#include "model.h"
+}
+
+/* Device pointers of one layer's dense weights (NULL where the host's is). */
+struct gpu_layer {
+    const float *attn_norm, *ffn_norm;      /* (hidden) */
+    const float *q_norm, *k_norm;           /* (head_dim) or NULL */
+    const float *bq, *bk, *bv, *bo;         /* biases or NULL */
+    const float *router_b;                  /* (n_experts) or NULL */
+    const void *wq, *wk, *wv, *wo, *router; /* as struct layer_weights */
+    const void *w_gate, *w_up, *w_down;     /* dense-MLP layers */
+    struct ffn_shape mlp;                   /* dense-MLP layers */
+    struct ffn_shape moe;                   /* MoE layers: expert shapes */
+    struct part_off off;                    /* MoE layers: record parts */
+};
+
+/* One slot of the GPU expert cache. */
+struct gpu_slot {
+    int32_t layer, expert;  /* -1 when empty */
+    uint64_t tick;          /* last use (LRU) */
+    int pins;               /* contexts computing with it now */
+    cudaEvent_t ev_free;    /* recorded after its last use was enqueued */
+    int ev_valid;
+    cudaEvent_t ev_ready;   /* recorded after its upload */
+    int in_flight;          /* ev_ready may not have completed */
+};
+
+/* The GPU expert cache: n_slots record-sized slots in one device arena
+ * (a hard budget), LRU over unpinned slots, filled through pinned staging
+ * buffers on its own copy stream. Guarded by mu. */
+struct gpu_cache {
+    pthread_mutex_t mu;
+    int mu_init;
+    uint8_t *arena;          /* (n_slots, slot_bytes) device */
+    uint64_t slot_bytes;     /* largest record's data, 256-aligned */
+    int n_slots;
+    struct gpu_slot *slots;  /* (n_slots) */
+    int32_t *slot_of;        /* (n_layers * n_experts) slot or -1 */
+    uint8_t **d_table;       /* (n_layers * n_experts) device record bases,
+                                only when every expert is resident */
+    int all_resident;
+    uint64_t tick;
+    cudaStream_t copy;
+    uint8_t *staging;        /* (n_stage, slot_bytes) pinned host */
+    int n_stage, stage_next;
+    cudaEvent_t *ev_stage;   /* (n_stage) H2D of that buffer done */
+    cudaEvent_t ev_t0, ev_t1;
+    int timing_pending;
+    int32_t *miss_idx, *miss_ids; /* (n_experts) scratch of an acquire */
+    uint8_t *miss_done;
+    int n_events;            /* slots whose events exist */
+    uint64_t hits, uploads, h2d_bytes;
+    double h2d_seconds;
+};
+
+struct cuda_model {
+    struct sl_model *m;
+    int device;
+    char desc[640];
+    uint8_t *d_dense;            /* the dense region, uploaded once */
+    const uint8_t *h_dense;      /* its host start in the mapping */
+    uint64_t dense_span;
+    struct gpu_layer *layers;    /* (n_layers) */
+    const void *embed, *lm_head; /* device */
+    const float *final_norm;
+    float *d_inv_freq;           /* (head_dim / 2) rope frequencies */
+    struct gpu_cache gc;
+    int use_graphs;              /* SLUICE_CUDA_GRAPH != 0 */
+    uint64_t decode_expert_loads; /* per decode step: k per MoE layer */
+    uint64_t decode_expert_bytes; /* and their record data bytes */
+};
+
+struct cuda_ctx {
+    cudaStream_t stream;
+    int32_t *d_io;               /* [pos, tokens (n_batch)] device */
+    int32_t *h_io;               /* the same, pinned host */
+    float *k_cache, *v_cache;    /* (n_layers, n_ctx, kv_dim) */
+    float *x, *xb;               /* (n_batch, hidden) */
+    float *q, *att;              /* (n_batch, q_dim) */
+    float *kb, *vb;              /* (n_batch, kv_dim) new keys, values */
+    float *scores;               /* (n_batch, n_heads, n_ctx) */
+    float *router, *topk_w;      /* (n_batch, n_experts), (n_batch, k) */
+    int32_t *topk_ids, *sel;     /* (n_batch, k), (n_batch * max(k, 1)) */
+    int32_t *n_items;            /* (2 * n_experts + 2): the device-built
+                                    count; per streaming batch, resident and
+                                    uploaded counts */
+    struct moe_item *items;      /* (max(n_experts, n_batch * k)) */
+    float *H;                    /* (n_batch * k, max(moe_ffn, ffn)) */
+    float *moe_tmp;              /* (n_batch * k, hidden) */
+    float *logits;               /* (n_batch, n_vocab) */
+    float *h_logits;             /* (n_vocab) pinned */
+    int32_t *h_ids;              /* (n_batch * k) pinned */
+    int32_t *h_sel;              /* (n_batch * k) pinned */
+    struct moe_item *h_items;    /* (max items) pinned */
+    int32_t *h_counts;           /* (2 * n_experts + 2) pinned */
+    int32_t *distinct;           /* (n_experts) host scratch */
+    int32_t *tmp_count;          /* (n_experts) host scratch */
+    int32_t *slot_ids;           /* (n_experts) slots pinned this layer */
+    const uint8_t **bases;       /* (n_experts) their device record bases */
+    uint8_t *hit;                /* (n_experts) resident before the layer */
+    int32_t *iota;               /* (n_batch) 0, 1, ... device (dense MLP) */
+    cudaEvent_t ev_arrive;
+    cudaGraphExec_t graph;       /* the decode step (n = 1, resident) */
+    int graph_state;             /* 0 not yet, 1 ready, -1 off */
+    uint32_t max_items;
+};
+
+/* GPU cache (expert_cache_cuda.cu). Create: budget in bytes or
+ * SL_GPU_CACHE_AUTO / SL_RAM_CACHE_ALL, free = device bytes still free
+ * after the dense weights and the reserve; uploads every expert when they
+ * all fit. */
+int gpu_cache_create(struct cuda_model *cm, uint64_t budget, uint64_t free_bytes);
+void gpu_cache_free(struct gpu_cache *gc);
+
+/* Makes experts ids[0..n) (distinct) of layer resident for a computation
+ * enqueued on `stream`: base[i] receives each record's device base,
+ * hit[i] whether it was resident, slots[i] its slot. Misses are read through the host expert store and copied
+ * on the copy stream; when any were, ev_arrive (recorded on the copy
+ * stream) completes once they are in place, and *uploaded is nonzero.
+ * Every returned slot is pinned until gpu_cache_release. */
+int gpu_cache_acquire(struct cuda_model *cm, uint32_t layer, const int32_t *ids, int n,
+                      cudaStream_t stream, const uint8_t **base, uint8_t *hit,
+                      int32_t *slots, cudaEvent_t ev_arrive, int *uploaded);
+/* Records on `stream` that the slots' use is enqueued, and unpins them. */
+void gpu_cache_release(struct cuda_model *cm, const int32_t *slots, int n, cudaStream_t stream);
+
+#endif /* SL_CUDA_INTERNAL_CUH */

@@ -1,0 +1,344 @@
+/*
+ * cli_chat.c — `sluice chat`: an interactive terminal chat with the model's
+ * own chat template (docs/serve.md), GNU readline for line editing and
+ * history, answers streamed as they are generated.
+ *
+ * Commands: /reset, /stats, /system TEXT, /help, /quit; /save and /load
+ * answer that they are not available until the library can save and load
+ * a context's state (no transcript-only imitation). Ctrl-C stops the
+ * answer being generated and returns to the prompt; Ctrl-D quits.
+ *
+ * Prefix reuse: the context keeps the tokens it has evaluated; when the next
+ * rendered conversation starts with them, only the new tail is evaluated,
+ * otherwise the context is reset (it cannot be truncated).
+ *
+ * Not here: templates (src/chat.c), sampling (src/sampler.c).
+ */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <readline/history.h>
+#include <readline/readline.h>
+
+#include <cJSON.h>
+
+#include "cli.h"
+#include "sluice.h"
+
+static volatile sig_atomic_t g_interrupted;
+
+static void on_sigint(int sig) {
+    (void)sig;
+    g_interrupted = 1;
+}
+
+static double now_s(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+struct chat_state {
+    struct sl_model *model;
+    struct sl_context *ctx;
+    struct sl_chat *chat;
+    struct sl_sampler_params sp;
+    cJSON *messages;
+    const char *system;
+    int32_t *toks;           /* (cap) ids evaluated in ctx */
+    size_t n_toks, cap;
+    long max_answer;
+    int ignore_eos;
+    int no_thinking;
+    uint64_t n_answers, n_generated;
+    double gen_seconds;
+};
+
+static void chat_reset(struct chat_state *cs) {
+    cJSON_Delete(cs->messages);
+    cs->messages = cJSON_CreateArray();
+    if (cs->system) {
+        cJSON *m = cJSON_CreateObject();
+        cJSON_AddStringToObject(m, "role", "system");
+        cJSON_AddStringToObject(m, "content", cs->system);
+        cJSON_AddItemToArray(cs->messages, m);
+    }
+    sl_context_reset(cs->ctx);
+    cs->n_toks = 0;
+}
+
+static int push_toks(struct chat_state *cs, const int32_t *ids, size_t n) {
+    if (cs->n_toks + n > cs->cap) {
+        size_t cap = cs->cap ? cs->cap * 2 : 1024;
+        while (cap < cs->n_toks + n) cap *= 2;
+        int32_t *t = realloc(cs->toks, cap * sizeof *t);
+        if (!t) return -1;
+        cs->toks = t;
+        cs->cap = cap;
+    }
+    memcpy(cs->toks + cs->n_toks, ids, n * sizeof *ids);
+    cs->n_toks += n;
+    return 0;
+}
+
+static int is_eos(struct chat_state *cs, int32_t id) {
+    const int32_t *eos;
+    size_t n = sl_model_eos_ids(cs->model, &eos);
+    for (size_t i = 0; i < n; i++)
+        if (eos[i] == id) return 1;
+    return 0;
+}
+
+/* One user turn: render, evaluate what is new, stream the answer. */
+static int chat_turn(struct chat_state *cs, const char *line) {
+    cJSON *u = cJSON_CreateObject();
+    cJSON_AddStringToObject(u, "role", "user");
+    cJSON_AddStringToObject(u, "content", line);
+    cJSON_AddItemToArray(cs->messages, u);
+    char *mj = cJSON_PrintUnformatted(cs->messages), *prompt = NULL;
+    int32_t *ids = NULL;
+    size_t n_ids = 0;
+    int rc = sl_chat_render(cs->chat, mj, 1, cs->no_thinking ? "{\"enable_thinking\": false}" : NULL,
+                            &prompt);
+    cJSON_free(mj);
+    if (!rc) rc = sl_tokenize(sl_model_tokenizer(cs->model), prompt, strlen(prompt), &ids, &n_ids);
+    free(prompt);
+    if (rc) {
+        fprintf(stderr, "sluice chat: %s\n", sl_errmsg());
+        cJSON_DeleteItemFromArray(cs->messages, cJSON_GetArraySize(cs->messages) - 1);
+        free(ids);
+        return 0;
+    }
+    /* reuse the context when everything it holds is a prefix of the prompt */
+    size_t keep = cs->n_toks <= n_ids && !memcmp(cs->toks, ids, cs->n_toks * sizeof *ids) &&
+                          cs->n_toks < n_ids
+                      ? cs->n_toks
+                      : 0;
+    if (!keep) {
+        sl_context_reset(cs->ctx);
+        cs->n_toks = 0;
+    }
+    struct sl_sampler *smp = NULL;
+    struct sl_detok *dt = NULL;
+    rc = sl_eval(cs->ctx, ids + keep, n_ids - keep, NULL);
+    if (!rc) rc = push_toks(cs, ids + keep, n_ids - keep) ? SL_ERR_NOMEM : 0;
+    free(ids);
+    if (!rc) rc = sl_sampler_create(&cs->sp, sl_model_n_vocab(cs->model), &smp);
+    if (!rc) rc = sl_detok_create(sl_model_tokenizer(cs->model), &dt);
+    if (rc) {
+        fprintf(stderr, "sluice chat: %s%s\n", sl_errmsg(),
+                rc == SL_ERR_RANGE ? " (HINT: /reset, or a larger --ctx)" : "");
+        cJSON_DeleteItemFromArray(cs->messages, cJSON_GetArraySize(cs->messages) - 1);
+        sl_context_reset(cs->ctx);
+        cs->n_toks = 0;
+        sl_sampler_free(smp);
+        return 0;
+    }
+    char *answer = NULL;
+    size_t alen = 0;
+    FILE *as = open_memstream(&answer, &alen);
+    g_interrupted = 0;
+    double t0 = now_s();
+    long n = 0;
+    const char *why = NULL;
+    for (; n < cs->max_answer; n++) {
+        if (g_interrupted) {
+            why = "interrupted";
+            break;
+        }
+        int32_t id = sl_sample(smp, sl_logits(cs->ctx));
+        if (!cs->ignore_eos && is_eos(cs, id)) break;
+        const char *t;
+        size_t tl;
+        if (sl_detok_push(dt, id, &t, &tl) == SL_OK && tl) {
+            fwrite(t, 1, tl, stdout);
+            fwrite(t, 1, tl, as);
+            fflush(stdout);
+        }
+        if (sl_eval(cs->ctx, &id, 1, NULL) != SL_OK) {
+            why = "context full";
+            break;
+        }
+        push_toks(cs, &id, 1);
+    }
+    const char *t;
+    size_t tl;
+    if (sl_detok_flush(dt, &t, &tl) == SL_OK && tl) {
+        fwrite(t, 1, tl, stdout);
+        fwrite(t, 1, tl, as);
+    }
+    fclose(as);
+    cs->gen_seconds += now_s() - t0;
+    cs->n_generated += (uint64_t)n;
+    cs->n_answers++;
+    printf(why ? "\n[%s]\n" : "\n", why);
+    fflush(stdout);
+    cJSON *a = cJSON_CreateObject();
+    cJSON_AddStringToObject(a, "role", "assistant");
+    cJSON_AddStringToObject(a, "content", answer ? answer : "");
+    cJSON_AddItemToArray(cs->messages, a);
+    free(answer);
+    sl_sampler_free(smp);
+    sl_detok_free(dt);
+    g_interrupted = 0;
+    return 0;
+}
+
+static void chat_stats(struct chat_state *cs) {
+    struct sl_stats st;
+    sl_context_stats(cs->ctx, &st);
+    printf("messages %d, context %u tokens\n", cJSON_GetArraySize(cs->messages),
+           sl_context_n_past(cs->ctx));
+    printf("answers %llu, generated %llu tokens, %.2f tok/s\n", (unsigned long long)cs->n_answers,
+           (unsigned long long)cs->n_generated,
+           cs->gen_seconds > 0 ? (double)cs->n_generated / cs->gen_seconds : 0.0);
+    printf("prompt tokens %llu (%.3f s), decode tokens %llu (%.3f s)\n",
+           (unsigned long long)st.n_prompt_tokens, st.prompt_seconds,
+           (unsigned long long)st.n_decode_tokens, st.decode_seconds);
+    double tot = (double)(st.cache_hits + st.cache_misses);
+    printf("expert cache: hit rate %.1f%%, %.1f MiB read\n",
+           tot > 0 ? 100.0 * (double)st.cache_hits / tot : 0.0,
+           (double)st.cache_bytes_read / (1024.0 * 1024.0));
+    fflush(stdout);
+}
+
+static const char chat_usage[] =
+    "usage: sluice chat -m MODEL [--system TEXT] [--temp T] [--top-k K] [--top-p P]\n"
+    "                   [--seed S] [-n MAX_ANSWER_TOKENS] [--ctx N] [-t THREADS]\n"
+    "                   [--no-thinking] [store flags]\n"
+    "  commands: /reset /stats /system TEXT /save FILE /load FILE /help /quit\n"
+    "  Ctrl-C stops an answer; Ctrl-D or /quit leaves.\n";
+
+static const char chat_help[] =
+    "/reset        forget the conversation (the system prompt stays)\n"
+    "/system TEXT  set the system prompt and reset\n"
+    "/stats        tokens, speed, expert cache\n"
+    "/save FILE    (not available until state save/load lands)\n"
+    "/load FILE    (not available until state save/load lands)\n"
+    "/quit         leave (or Ctrl-D)\n";
+
+int cli_chat(int argc, char **argv) {
+    const char *model_path = getenv("SLUICE_MODEL");
+    struct chat_state cs = {0};
+    cs.sp = sl_sampler_default_params();
+    cs.sp.temperature = 0.7f;
+    cs.max_answer = 512;
+    long n_ctx = 0, threads = 0;
+    struct sl_model_params mp = sl_model_default_params();
+    char *sys_owned = NULL;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        int r = cli_store_flag("sluice chat", argc, argv, &i, &mp);
+        if (r < 0) return 2;
+        if (r > 0) continue;
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            fputs(chat_usage, stdout);
+            return 0;
+        }
+        if (!strcmp(a, "--no-thinking")) {
+            cs.no_thinking = 1;
+            continue;
+        }
+        if (!strcmp(a, "--ignore-eos")) { /* tests: answers of a known length */
+            cs.ignore_eos = 1;
+            continue;
+        }
+        if (!v) {
+            fprintf(stderr, "sluice chat: unknown flag or missing value: %s\n%s", a, chat_usage);
+            return 2;
+        }
+        i++;
+        char *end;
+        double d = strtod(v, &end);
+        int num = *v && !*end;
+        if (!strcmp(a, "-m")) model_path = v;
+        else if (!strcmp(a, "--system")) cs.system = v;
+        else if (!strcmp(a, "--temp") && num && d >= 0 && d <= 100) cs.sp.temperature = (float)d;
+        else if (!strcmp(a, "--top-p") && num && d > 0 && d <= 1) cs.sp.top_p = (float)d;
+        else if (!strcmp(a, "--top-k") && num && d >= 0 && d == (long)d) cs.sp.top_k = (int32_t)d;
+        else if (!strcmp(a, "--seed") && num && d >= 0) cs.sp.seed = (uint64_t)d;
+        else if (!strcmp(a, "-n") && num && d >= 1 && d == (long)d) cs.max_answer = (long)d;
+        else if (!strcmp(a, "--ctx") && num && d >= 0 && d == (long)d) n_ctx = (long)d;
+        else if ((!strcmp(a, "-t") || !strcmp(a, "--threads")) && num && d >= 0) threads = (long)d;
+        else {
+            fprintf(stderr, "sluice chat: bad flag or value: %s %s\n%s", a, v, chat_usage);
+            return 2;
+        }
+    }
+    if (!model_path) {
+        fprintf(stderr, "sluice chat: missing -m MODEL\n%s", chat_usage);
+        return 2;
+    }
+    mp.n_threads = (int)threads;
+    int rc = 1;
+    if (sl_model_open(model_path, &mp, &cs.model) != SL_OK ||
+        sl_chat_create(cs.model, &cs.chat) != SL_OK) {
+        fprintf(stderr, "sluice chat: %s\n", sl_errmsg());
+        goto out;
+    }
+    struct sl_context_params cp = sl_context_default_params();
+    cp.n_ctx = (uint32_t)n_ctx;
+    if (sl_context_create(cs.model, &cp, &cs.ctx) != SL_OK) {
+        fprintf(stderr, "sluice chat: %s\n", sl_errmsg());
+        goto out;
+    }
+    struct sigaction sa = {0};
+    sa.sa_handler = on_sigint;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    chat_reset(&cs);
+    printf("sluice chat: %s — /help for commands, Ctrl-D to leave\n", sl_model_desc(cs.model));
+    fflush(stdout);
+    for (;;) {
+        char *line = readline("> ");
+        if (!line) {
+            printf("\n");
+            break;
+        }
+        char *s = line;
+        while (*s == ' ' || *s == '\t') s++;
+        if (!*s) {
+            free(line);
+            continue;
+        }
+        add_history(s);
+        if (!strcmp(s, "/quit") || !strcmp(s, "/exit")) {
+            free(line);
+            break;
+        } else if (!strcmp(s, "/reset")) {
+            chat_reset(&cs);
+            printf("conversation reset\n");
+        } else if (!strcmp(s, "/stats")) {
+            chat_stats(&cs);
+        } else if (!strcmp(s, "/help")) {
+            fputs(chat_help, stdout);
+        } else if (!strncmp(s, "/system ", 8)) {
+            free(sys_owned);
+            sys_owned = strdup(s + 8);
+            cs.system = sys_owned;
+            chat_reset(&cs);
+            printf("system prompt set; conversation reset\n");
+        } else if (!strncmp(s, "/save", 5) || !strncmp(s, "/load", 5)) {
+            printf("%.5s: not available until state save/load lands (the library cannot yet save "
+                   "or restore a context)\n", s);
+        } else if (s[0] == '/') {
+            printf("unknown command %s (/help lists them)\n", s);
+        } else {
+            chat_turn(&cs, s);
+        }
+        fflush(stdout);
+        free(line);
+    }
+    rc = 0;
+out:
+    cJSON_Delete(cs.messages);
+    free(cs.toks);
+    free(sys_owned);
+    sl_context_free(cs.ctx);
+    sl_chat_free(cs.chat);
+    sl_model_close(cs.model);
+    return rc;
+}
