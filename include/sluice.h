@@ -246,6 +246,14 @@ struct sl_context_params {
                                weight and expert is read once per chunk);
                                0 = 64 */
     int n_threads;          /* 0 = the model's */
+    uint32_t state_checkpoint_interval; /* Gated DeltaNet models
+                               (qwen3_next, qwen3_5_moe): keep a copy of the
+                               recurrent state about every this many
+                               positions so that sl_context_truncate
+                               recomputes from the nearest one; each copy
+                               costs the state's size (docs/api.md). 0 = 256;
+                               UINT32_MAX = none (truncation recomputes from
+                               position 0). Ignored by other models. */
 };
 struct sl_context_params sl_context_default_params(void);
 
@@ -407,6 +415,52 @@ void sl_chat_free(struct sl_chat *chat); /* NULL is a no-op */
 int sl_chat_render(const struct sl_chat *chat, const char *messages_json,
                    int add_generation_prompt, const char *extra_json,
                    char **out);
+
+/* ---- context memory and saved state (docs/api.md) ---------------------- */
+
+/* Forgets positions [p0, n_past): afterwards n_past = p0 and the context
+ * is as if it had only seen its first p0 tokens. Exact for every layer
+ * type: attention and MLA caches are position-indexed; a Gated DeltaNet
+ * model restores the nearest recurrent-state checkpoint <= p0 and
+ * re-evaluates the kept tokens after it (state_checkpoint_interval).
+ * sl_logits is NULL afterwards. SL_ERR_RANGE when p0 > n_past. If the
+ * re-evaluation fails the context is reset (n_past 0). */
+int sl_context_truncate(struct sl_context *ctx, uint32_t p0);
+
+/* Removes positions [p0, p1) of the sequence: the tokens after p1 move down
+ * to p0 onwards. RoPE positions of those tokens change, so they are
+ * re-evaluated (costs their compute); sl_logits is then the logits of the
+ * last token. p1 > n_past is clamped to n_past. SL_ERR_RANGE when p0 > p1. */
+int sl_context_remove(struct sl_context *ctx, uint32_t p0, uint32_t p1);
+
+/* The largest position evaluated (n_past - 1), or -1 when empty. */
+int64_t sl_context_pos_max(const struct sl_context *ctx);
+
+/* The tokens evaluated so far (*n = n_past of them), borrowed until the
+ * next call that changes the context. */
+const int32_t *sl_context_tokens(const struct sl_context *ctx, uint32_t *n);
+
+/* Makes dst (same model, n_ctx >= src's n_past) hold src's sequence: its
+ * tokens, caches, recurrent state and logits (fork a prefix, then
+ * sl_context_truncate the copy). */
+int sl_context_copy(struct sl_context *dst, const struct sl_context *src);
+
+/* Saved state: a versioned, checksummed image of the context's sequence
+ * (tokens, KV or latent caches of positions < n_past, recurrent state and
+ * its checkpoints, last logits) tagged with the model's identity.
+ * Loading refuses another model, another format version, a corrupt or a
+ * truncated image (SL_ERR_FORMAT, SL_ERR_ARG for the model, SL_ERR_RANGE
+ * when n_past exceeds the context's n_ctx) and leaves the context
+ * unchanged then. SL_ERR_UNSUPPORTED on the CUDA device. */
+int sl_state_size(const struct sl_context *ctx, size_t *size);
+int sl_state_save_buffer(const struct sl_context *ctx, void *buf, size_t cap,
+                         size_t *written);
+int sl_state_load_buffer(struct sl_context *ctx, const void *buf, size_t len);
+int sl_state_save(const struct sl_context *ctx, const char *path);
+int sl_state_load(struct sl_context *ctx, const char *path);
+/* The model's identity as saved states record it: a hash of the file's
+ * manifest and tensor table. */
+uint64_t sl_model_identity(const struct sl_model *model);
 
 #ifdef __cplusplus
 }

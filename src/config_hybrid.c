@@ -147,6 +147,11 @@ int config_hybrid_parse(struct sl_config *c, const cJSON *root, const cJSON *wra
         return sl_seterr(SL_ERR_UNSUPPORTED, "attn_output_gate must be true (the "
                          "%s attention always gates its output)", c->model_type);
     c->attn_gate = 1;
+    /* The hybrid attention binds no bias tensors: refuse rather than drop
+     * them silently (released checkpoints set it false). */
+    if (c->attention_bias)
+        return sl_seterr(SL_ERR_UNSUPPORTED, "attention_bias = true is not "
+                         "supported for %s", c->model_type);
     if (c->arch == SL_ARCH_QWEN3_5_MOE) {
         /* Qwen3_5MoeSparseMoeBlock on every layer, always renormalised. */
         c->norm_topk_prob = 1;

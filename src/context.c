@@ -19,6 +19,7 @@ struct sl_context_params sl_context_default_params(void) {
     p.n_ctx = 0;
     p.n_batch = 0;
     p.n_threads = 0;
+    p.state_checkpoint_interval = 0; /* = 256 */
     return p;
 }
 
@@ -45,6 +46,8 @@ void sl_context_free(struct sl_context *ctx) {
     sl_free(ctx->moe_ids);
     sl_free(ctx->moe_done);
     sl_free(ctx->pf_ids);
+    sl_free(ctx->tokens);
+    context_free_checkpoints(ctx);
     mla_scratch_free(ctx->mla);
     hybrid_state_free(ctx->hybrid);
     pool_free(ctx->pool);
@@ -76,6 +79,7 @@ int sl_context_create(struct sl_model *model,
     ctx->model = model;
     ctx->n_ctx = n_ctx;
     ctx->n_batch = n_batch;
+    ctx->ckpt_interval = p.state_checkpoint_interval ? p.state_checkpoint_interval : 256;
     uint64_t kv = (uint64_t)c->n_layers * n_ctx * config_kv_dim(c);
     /* MLA layers cache the latent instead of K and V (layer_mla.h) */
     uint64_t mla_kv = c->kv_lora_rank ? (uint64_t)c->n_layers * n_ctx * config_mla_cache_dim(c) : 0;
@@ -113,7 +117,8 @@ int sl_context_create(struct sl_model *model,
     ctx->moe_ids = sl_calloc(ne, sizeof(int32_t));
     ctx->moe_done = sl_calloc(ne, 1);
     ctx->pf_ids = sl_calloc(ne, sizeof(int32_t));
-    if (!ok || !ctx->topk_ids || !ctx->sel_order || !ctx->expert_count || !ctx->expert_start ||
+    ctx->tokens = sl_calloc(n_ctx, sizeof(int32_t));
+    if (!ok || !ctx->tokens || !ctx->topk_ids || !ctx->sel_order || !ctx->expert_count || !ctx->expert_start ||
         !ctx->moe_ids || !ctx->moe_done || !ctx->pf_ids) {
         sl_context_free(ctx);
         return sl_seterr(SL_ERR_NOMEM,
@@ -152,6 +157,7 @@ int sl_eval(struct sl_context *ctx, const int32_t *tokens, size_t n,
                          ctx->n_past, ctx->n_ctx, n);
     double t0 = sl_now();
     uint32_t start = ctx->n_past;
+    memmove(ctx->tokens + start, tokens, n * sizeof(int32_t));
     for (size_t i = 0; i < n; i += ctx->n_batch) {
         int chunk = (int)(n - i < ctx->n_batch ? n - i : ctx->n_batch);
         int last = i + (size_t)chunk == n;
@@ -167,10 +173,13 @@ int sl_eval(struct sl_context *ctx, const int32_t *tokens, size_t n,
             /* recurrent state cannot be rewound: start the sequence over */
             if (ctx->hybrid) {
                 hybrid_state_reset(ctx->hybrid);
+                context_drop_checkpoints(ctx, 0);
                 ctx->n_past = 0;
             }
             return st;
         }
+        /* a failed copy only means fewer checkpoints (more recompute) */
+        if (ctx->hybrid) (void)context_checkpoint(ctx, start + (uint32_t)(i + (size_t)chunk));
     }
     if (logits_all)
         memcpy(ctx->logits, logits_all + (n - 1) * (uint64_t)c->n_vocab,
@@ -198,6 +207,7 @@ void sl_context_reset(struct sl_context *ctx) {
     ctx->n_past = 0;
     ctx->has_logits = 0;
     hybrid_state_reset(ctx->hybrid);
+    context_drop_checkpoints(ctx, 0);
 }
 
 void sl_context_stats(const struct sl_context *ctx, struct sl_stats *out) {

@@ -57,6 +57,13 @@ struct sl_context {
      * recurrent state (fixed size per layer) and scratch; NULL otherwise.
      * Cleared by sl_context_reset; a failed sl_eval resets the context. */
     struct hybrid_state *hybrid;
+    /* Token history and recurrent-state checkpoints (context_state.c). */
+    int32_t *tokens;          /* (n_ctx) the ids at positions 0..n_past-1 */
+    uint32_t ckpt_interval;   /* hybrid: checkpoint spacing; UINT32_MAX none */
+    uint32_t n_ckpt, ckpt_cap;
+    uint32_t *ckpt_pos;       /* (ckpt_cap) ascending positions > 0 */
+    float **ckpt_state;       /* (ckpt_cap) copies of hybrid->state
+                                 (state_floats each) at ckpt_pos */
     float *logits;            /* (n_vocab) after the last token */
     int has_logits;
     const char *dump_dir;     /* SLUICE_DUMP, or NULL */
@@ -72,5 +79,15 @@ struct sl_context {
  * or scratch cannot grow; the cache rows past pos are then undefined. */
 int forward_batch(struct sl_context *ctx, const int32_t *tokens, int n,
                   uint32_t pos, float *logits, int all_logits);
+
+/* context_state.c: after a successful chunk that ended at position p_end,
+ * copies the recurrent state when a checkpoint interval boundary was
+ * crossed since the last checkpoint (no-op without hybrid layers). Fails
+ * only for lack of memory, which the caller may ignore (fewer
+ * checkpoints only cost recomputation). */
+int context_checkpoint(struct sl_context *ctx, uint32_t p_end);
+/* Drops the checkpoints above position p (p = 0: all of them). */
+void context_drop_checkpoints(struct sl_context *ctx, uint32_t p);
+void context_free_checkpoints(struct sl_context *ctx);
 
 #endif /* SL_CONTEXT_H */

@@ -94,6 +94,7 @@ static int is_eos(struct chat_state *cs, int32_t id) {
 
 /* One user turn: render, evaluate what is new, stream the answer. */
 static int chat_turn(struct chat_state *cs, const char *line) {
+    g_interrupted = 0; /* a Ctrl-C from now on stops this turn's answer */
     cJSON *u = cJSON_CreateObject();
     cJSON_AddStringToObject(u, "role", "user");
     cJSON_AddStringToObject(u, "content", line);
@@ -140,7 +141,6 @@ static int chat_turn(struct chat_state *cs, const char *line) {
     char *answer = NULL;
     size_t alen = 0;
     FILE *as = open_memstream(&answer, &alen);
-    g_interrupted = 0;
     double t0 = now_s();
     long n = 0;
     const char *why = NULL;

@@ -30,7 +30,8 @@ static const char usage_text[] =
     "commands:\n"
     "  convert HF_DIR -o OUT.sluice [--experts bf16|q8|q4] [--dense bf16|q8|f32] [--quiet]\n"
     "  run     [-m MODEL] -p TEXT [-n N] [--temp T] [--top-k K] [--top-p P] [--seed S]\n"
-    "          [-t THREADS] [--ctx N] [--timing] [STORE FLAGS]\n"
+    "          [-t THREADS] [--ctx N] [--batch N] [--prompt-cache FILE] [--timing]\n"
+    "          [STORE FLAGS]\n"
     "  logits  -m MODEL --tokens 1,2,3 -o OUT.f32 [--generate N] [-t THREADS] [--timing]\n"
     "          [STORE FLAGS]\n"
     "  tokenize (-m MODEL | --tokenizer tokenizer.json) --text-file F\n"
@@ -191,10 +192,41 @@ static int cmd_convert(int argc, char **argv) {
 
 /* ---- run ---- */
 
+/* --prompt-cache: loads path (if it exists) and keeps the longest prefix of
+ * its tokens that the prompt shares; returns how many prompt tokens are
+ * already evaluated (the caller evaluates the rest, so at least the last
+ * one unless the cache holds exactly the prompt and its logits). A cache
+ * that cannot be used is reported and ignored. */
+static size_t prompt_cache_load(struct sl_context *ctx, const char *path,
+                                const int32_t *ids, size_t n_ids) {
+    if (access(path, F_OK) != 0) return 0;
+    if (sl_state_load(ctx, path) != SL_OK) {
+        fprintf(stderr, "%s: warning: ignoring the prompt cache: %s\n", cmd_name, sl_errmsg());
+        sl_context_reset(ctx);
+        return 0;
+    }
+    uint32_t nt;
+    const int32_t *cached = sl_context_tokens(ctx, &nt);
+    size_t k = 0;
+    while (k < nt && k < n_ids && cached[k] == ids[k]) k++;
+    if (!(k == n_ids && nt == n_ids && sl_logits(ctx))) {
+        if (k == n_ids) k--; /* re-evaluate the last token for its logits */
+        if (sl_context_truncate(ctx, (uint32_t)k) != SL_OK) {
+            fprintf(stderr, "%s: warning: ignoring the prompt cache: %s\n", cmd_name,
+                    sl_errmsg());
+            sl_context_reset(ctx);
+            return 0;
+        }
+    }
+    fprintf(stderr, "%s: prompt cache %s: reusing %zu of %zu prompt tokens\n", cmd_name, path,
+            k, n_ids);
+    return k;
+}
+
 static int cmd_run(int argc, char **argv) {
     struct args a = {argc, 1, argv, 0};
-    const char *model_path = NULL, *prompt = NULL;
-    long n_gen = 128, n_threads = 0, n_ctx = 0, seed = 0x5eed;
+    const char *model_path = NULL, *prompt = NULL, *prompt_cache = NULL;
+    long n_gen = 128, n_threads = 0, n_ctx = 0, seed = 0x5eed, n_batch = 0;
     int timing = 0;
     struct sl_sampler_params sp = sl_sampler_default_params();
     struct sl_model_params mp = sl_model_default_params();
@@ -211,6 +243,8 @@ static int cmd_run(int argc, char **argv) {
         else if (!strcmp(s, "--seed")) parse_long(&a, 0, LONG_MAX, &seed);
         else if (!strcmp(s, "-t") || !strcmp(s, "--threads")) parse_long(&a, 0, 1024, &n_threads);
         else if (!strcmp(s, "--ctx")) parse_long(&a, 0, 1 << 24, &n_ctx);
+        else if (!strcmp(s, "--batch")) parse_long(&a, 1, 4096, &n_batch);
+        else if (!strcmp(s, "--prompt-cache")) prompt_cache = arg_value(&a);
         else if (!strcmp(s, "--timing")) timing = 1;
         else if ((v = cli_store_flag(cmd_name, argc, argv, &a.i, &mp)) < 0) {
             return usage_error("bad expert-store option");
@@ -246,6 +280,7 @@ static int cmd_run(int argc, char **argv) {
     }
     struct sl_context_params cp = sl_context_default_params();
     cp.n_ctx = n_ctx ? (uint32_t)n_ctx : (uint32_t)(n_ids + (size_t)n_gen);
+    cp.n_batch = (uint32_t)n_batch;
     if (n_ids + (size_t)n_gen > cp.n_ctx) {
         fprintf(stderr, "%s: prompt (%zu tokens) + -n %ld exceeds --ctx %u\n", cmd_name,
                 n_ids, n_gen, cp.n_ctx);
@@ -258,10 +293,13 @@ static int cmd_run(int argc, char **argv) {
         goto done;
     }
     if (timing) fprintf(stderr, "device: %s\nmodel: %s\n", sl_model_backend_desc(m), sl_model_desc(m));
-    if (sl_eval(ctx, ids, n_ids, NULL) != SL_OK) {
+    size_t n_done = prompt_cache ? prompt_cache_load(ctx, prompt_cache, ids, n_ids) : 0;
+    if (n_done < n_ids && sl_eval(ctx, ids + n_done, n_ids - n_done, NULL) != SL_OK) {
         fail("prompt");
         goto done;
     }
+    if (prompt_cache && sl_state_save(ctx, prompt_cache) != SL_OK)
+        fprintf(stderr, "%s: warning: prompt cache not saved: %s\n", cmd_name, sl_errmsg());
     const int32_t *eos;
     size_t n_eos = sl_model_eos_ids(m, &eos);
     for (long i = 0; i < n_gen; i++) {

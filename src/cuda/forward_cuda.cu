@@ -117,7 +117,7 @@ static int moe_streaming(struct cuda_model *cm, struct cuda_ctx *cc, struct sl_c
         const moe_item *ia = cc->items + b0, *ib = cc->items + b0 + na;
         if (!st && na)
             st = expert_gate_up_cuda(s, &g->moe, ia, dc, na, none, cc->sel, k, cc->xb, cc->H, maxc);
-        if (!st && na)
+        if (!st && na && n > 1)
             st = expert_down_cuda(s, &g->moe, ia, dc, na, none, cc->sel, k, cc->H, cc->moe_tmp, 0,
                                   maxc);
         if (!st && nb > na && uploaded) {
@@ -127,9 +127,12 @@ static int moe_streaming(struct cuda_model *cm, struct cuda_ctx *cc, struct sl_c
         if (!st && nb > na)
             st = expert_gate_up_cuda(s, &g->moe, ib, dc + 1, nb - na, none, cc->sel, k, cc->xb,
                                      cc->H, maxc);
-        if (!st && nb > na)
+        if (!st && nb > na && n > 1)
             st = expert_down_cuda(s, &g->moe, ib, dc + 1, nb - na, none, cc->sel, k, cc->H,
                                   cc->moe_tmp, 0, maxc);
+        if (!st && n == 1) /* decode: the k distinct experts are one batch (cap >= k) */
+            st = expert_down_combine_cuda(s, &g->moe, cc->items + b0, nb, cc->sel, cc->topk_ids,
+                                          cc->topk_w, cc->H, cc->x);
         gpu_cache_release(cm, cc->slot_ids, nb, s);
     }
     return st;
@@ -161,12 +164,18 @@ static int moe_block(struct cuda_model *cm, struct cuda_ctx *cc, struct sl_conte
                                          cc->sel, cc->n_items)))
             return st;
         if ((st = expert_gate_up_cuda(s, &g->moe, cc->items, cc->n_items, max_items, none,
-                                      cc->sel, k, cc->xb, cc->H, maxc)) ||
-            (st = expert_down_cuda(s, &g->moe, cc->items, cc->n_items, max_items, none, cc->sel,
+                                      cc->sel, k, cc->xb, cc->H, maxc)))
+            return st;
+        if (n == 1) /* the route kernel listed the k items */
+            return expert_down_combine_cuda(s, &g->moe, cc->items, k, cc->sel, cc->topk_ids,
+                                            cc->topk_w, cc->H, cc->x);
+        if ((st = expert_down_cuda(s, &g->moe, cc->items, cc->n_items, max_items, none, cc->sel,
                                    k, cc->H, cc->moe_tmp, 0, maxc)))
             return st;
     } else if ((st = moe_streaming(cm, cc, ctx, l, n))) {
         return st;
+    } else if (n == 1) {
+        return SL_OK; /* moe_streaming combined into x */
     }
     return moe_combine_cuda(s, cc->x, cc->moe_tmp, cc->topk_ids, cc->topk_w, n, k, hid);
 }

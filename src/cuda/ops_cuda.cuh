@@ -101,6 +101,15 @@ int expert_down_cuda(cudaStream_t s, const struct ffn_shape *sh, const struct mo
                      const int32_t *n_items, int max_items, struct moe_item one,
                      const int32_t *sel, int k, const float *H, float *out, int into_x,
                      int max_count);
+/* Decode (one token): x (hidden) += sum over its nk selections, in
+ * expert-id order (ids[s]), of w[s] * down_s · H[s], where items[0, nk)
+ * hold one selection each (sel[items[i].start] = s, down rows
+ * items[i].down) in any order: the MoE down projection and the weighted
+ * combine in one launch, bit-identical however the items are listed.
+ * nk <= 64. */
+int expert_down_combine_cuda(cudaStream_t s, const struct ffn_shape *sh,
+                             const struct moe_item *items, int nk, const int32_t *sel,
+                             const int32_t *ids, const float *w, const float *H, float *x);
 /* x[t] += sum over t's k selections in expert-id order of w * Y[t*k+s]. */
 int moe_combine_cuda(cudaStream_t s, float *x, const float *Y, const int32_t *ids,
                      const float *w, int n, int k, int hidden);

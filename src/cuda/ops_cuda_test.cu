@@ -195,9 +195,13 @@ int cuda_test_moe(const void *records, uint64_t record_bytes, const uint64_t off
         int maxc = n == 1 ? 1 : 2, mi = nsel < ne ? nsel : ne;
         struct moe_item none = {};
         if (!(st = moe_plan_cuda(d.s, di, n, k, ne, dtab, po, ditems, dsel, dni)) &&
-            !(st = expert_gate_up_cuda(d.s, &sh, ditems, dni, mi, none, dsel, k, dx, dh, maxc)) &&
-            !(st = expert_down_cuda(d.s, &sh, ditems, dni, mi, none, dsel, k, dh, dy, 0, maxc)))
-            st = moe_combine_cuda(d.s, dx, dy, di, dw, n, k, hidden);
+            !(st = expert_gate_up_cuda(d.s, &sh, ditems, dni, mi, none, dsel, k, dx, dh, maxc))) {
+            if (n == 1) /* decode: fused down + combine, as the forward pass */
+                st = expert_down_combine_cuda(d.s, &sh, ditems, k, dsel, di, dw, dh, dx);
+            else if (!(st = expert_down_cuda(d.s, &sh, ditems, dni, mi, none, dsel, k, dh, dy, 0,
+                                             maxc)))
+                st = moe_combine_cuda(d.s, dx, dy, di, dw, n, k, hidden);
+        }
         st = finish(&d, st);
     }
     if (!st) GET(x, dx, (size_t)n * hidden * 4);

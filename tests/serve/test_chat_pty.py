@@ -76,11 +76,12 @@ def main():
     out = p.read_until(b"> ")
     check(out is not None and len(out.strip()) > len("Tell me about the king") + 2, f"answer: {out!r}")
     first = out
-    # readline history: Up arrow + Enter repeats the last line; same greedy answer
+    # readline history: Up twice (past /reset) + Enter repeats the question;
+    # the same greedy answer from a fresh conversation
     p.send("/reset\r")
     out = p.read_until(b"> ")
     check(out and b"conversation reset" in out, f"/reset: {out!r}")
-    p.send("\x1b[A\r")
+    p.send("\x1b[A\x1b[A\r")
     out = p.read_until(b"> ")
     check(out and b"Tell me about the king" in out and first.split(b"\n", 1)[-1] in out,
           f"history recall + same answer after /reset: {out!r} vs {first!r}")
