@@ -11,12 +11,11 @@
  *   q8 + q8: mean cosine >= 0.999;   q4 experts + bf16 dense: >= 0.99.
  * The MXFP4 twin converted at q4 gives bit-identical logits to the bf16
  * checkpoint converted at q4 (both decode to the same floats).
- * Known gap: gpt_oss is held to mean cosine >= 0.997 at q8 and >= 0.98 at
- * q4 (measured: gpt_oss/base 0.99726 / 0.98205, limit_yarn 0.99971 /
- * 0.98322). Its experts carry MXFP4 values, which sluice's affine q4 grid
- * cannot represent (the generator's weight-only simulation already loses
- * ~0.02), and base's q8 loss is larger than its weight-only simulation
- * (0.99991), i.e. comes from the activation rounding of the q8 kernels.
+ * Every family is held to these bounds. The generator keeps a seed only if
+ * simulated q8/q4 rounding leaves mean cosine >= 0.9997 / 0.993 (for
+ * gpt_oss weights and kernel activations, whose numbers the engine matches
+ * to ~1e-6: gpt_oss/base q8 0.99993, q4 0.99363; limit_yarn 0.99994 /
+ * 0.99868), so a miss is the engine's own error, not a chaotic fixture.
  *
  * Units: windowed attention with sinks against hand-computed values and
  * the reference, the YaRN table against transformers' numbers, the clamped
@@ -248,9 +247,7 @@ static void golden(int ed, int dd, double min_mean, int strict) {
             printf("  %-8s %-12s experts %-4s dense %-4s: cos min %.7f mean %.7f, "
                    "stepwise min %.7f, greedy prefix %d/%d\n", families[f], names[k],
                    sl_dtype_name(ed), sl_dtype_name(dd), mn, mean, step, gp, N_GEN);
-            /* gpt_oss below bf16: see the file comment (known gap). */
-            double bound = f == 2 && !strict ? (ed == SL_DTYPE_Q4 ? 0.98 : 0.997) : min_mean;
-            CHECK_MSG(mean >= bound, "%s: mean cosine %.7f < %g", fx.dir, mean, bound);
+            CHECK_MSG(mean >= min_mean, "%s: mean cosine %.7f < %g", fx.dir, mean, min_mean);
             if (strict) {
                 CHECK_MSG(mn >= 0.9999, "%s: min cosine %.7f", fx.dir, mn);
                 CHECK_MSG(step >= 0.9999, "%s: stepwise min cosine %.7f", fx.dir, step);
