@@ -102,9 +102,14 @@ def peer_section(scen, runs):
                 if metric == "decode" and lim.get("decode_tps"):
                     lt = (f"{lim['decode_tps']:.2f} tok/s ({lim.get('gbs', 0):.1f} GB/s ÷ "
                           f"{lim.get('active_bytes_per_token', 0) / 2**20:.1f} MiB/token)")
-                    pct = f"{100 * sv / lim['decode_tps']:.0f}% (peer {100 * pv / lim['decode_tps']:.0f}%)"
+                    # a peer that reads other bytes per token has its own limit
+                    plim = (p.get("limit") or {}).get("decode_tps") or lim["decode_tps"]
+                    pct = f"{100 * sv / lim['decode_tps']:.0f}% (peer {100 * pv / plim:.0f}%)"
+                    if p.get("limit", {}).get("decode_tps"):
+                        lt += (f"; peer {plim:.2f} tok/s "
+                               f"({p['limit']['active_bytes_per_token'] / 2**20:.1f} MiB/token)")
                 else:
-                    lt, pct = "compute-bound (no memory limit binds)", "—"
+                    lt, pct = lim.get("prompt_note", "compute-bound (no memory limit binds)"), "—"
                 L.append(f"| {machine(o)} | `{short_cmd(s['command'])}` | {metric} | "
                          f"{fmt(sv, sd_of(s['rounds'], key))} | {p['name']} ({p.get('version', '?')}) "
                          f"| {fmt(pv, sd_of(p['rounds'], key))} | **{sv / pv:.2f}** | {lt} | {pct} |")

@@ -38,6 +38,20 @@ def fnv1a64(data: bytes) -> str:
     return f"{h:016x}"
 
 
+def io_read_bytes() -> int:
+    """Bytes this process (all its threads) caused to be read from storage
+    (/proc/self/io read_bytes: page-fault readahead on an mmap included);
+    -1 where the kernel does not expose it."""
+    try:
+        with open("/proc/self/io") as f:
+            for line in f:
+                if line.startswith("read_bytes:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return -1
+
+
 def cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as f:
@@ -127,26 +141,32 @@ def main():
         return
 
     trace = json.load(open(a.trace))
+    io0, tl0 = io_read_bytes(), time.perf_counter()
     if len(trace) < a.prompt + a.gen:
         sys.exit(f"llamacpp_run: trace has {len(trace)} ids, need {a.prompt + a.gen}")
     e = Engine(a.model, a.prompt + a.gen, a.prompt, a.threads, not a.no_mmap, a.n_gpu_layers,
                not a.no_extra_bufts)
+    io_load, load_s = io_read_bytes() - io0, time.perf_counter() - tl0
     sysinfo = L.llama_print_system_info().decode(errors="replace").strip()
     print(f"device: {cpu_model()}, {os.cpu_count()} cpus, llama.cpp ({sysinfo}), "
           f"{a.threads} threads", file=sys.stderr)
     print(f"model: {a.model} | n_vocab {e.n_vocab}", file=sys.stderr)
     pp, tg = [], []
+    io_pp, io_tg = 0, 0
     h = ""
     for r in range(a.warmup + a.reps):
         e.reset()
+        b0 = io_read_bytes()
         t0 = time.perf_counter()
         e.decode(trace[:a.prompt], 0)
         L.llama_synchronize(e.ctx)
         t1 = time.perf_counter()
+        b1 = io_read_bytes()
         for i in range(a.gen):
             e.decode([trace[a.prompt + i]], a.prompt + i)
         L.llama_synchronize(e.ctx)
         t2 = time.perf_counter()
+        b2 = io_read_bytes()
         h = fnv1a64(e.logits_row(-1))
         p, g = a.prompt / (t1 - t0), (a.gen / (t2 - t1) if a.gen else 0)
         warm = r < a.warmup
@@ -155,6 +175,8 @@ def main():
         if not warm:
             pp.append(p)
             tg.append(g)
+            io_pp += b1 - b0
+            io_tg += b2 - b1
     sd = lambda v: statistics.stdev(v) if len(v) > 1 else 0.0
     out = {
         "scenario": a.scenario, "engine": "llama.cpp",
@@ -166,6 +188,11 @@ def main():
         "prompt_tps": statistics.mean(pp), "prompt_tps_sd": sd(pp),
         "decode_tps": statistics.mean(tg), "decode_tps_sd": sd(tg),
         "logits_hash": h,
+        "load_seconds": load_s,
+        # storage reads (/proc/self/io read_bytes), per timed token
+        "io_read_bytes_load": io_load,
+        "prompt_disk_bytes_per_token": io_pp / (a.reps * a.prompt) if a.prompt else 0,
+        "disk_bytes_per_token": io_tg / (a.reps * a.gen) if a.gen else 0,
         "loadavg": open("/proc/loadavg").read().split()[:3] if os.path.exists("/proc/loadavg") else None,
     }
     print(json.dumps(out))
