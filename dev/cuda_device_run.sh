@@ -2,8 +2,11 @@
 # dev/cuda_device_run.sh — the CUDA backend's checks and benchmark in one
 # call on the GPU machine (docs/cuda.md). Expects the binaries built on the
 # development machine in .cudarun/ (test_cuda, sluice, lib/ with the
-# non-CUDA shared libraries; the CUDA runtime is linked statically), run
-# from the repository root; writes logs under $OUT.
+# non-CUDA shared libraries; the CUDA runtime is linked statically), or
+# packed as .cudarun/pack.tar.xz (stripped; the working tree plus carry must
+# stay under 64 MiB), run from the repository root; writes logs under $OUT.
+# Run: device `run` with carry [".cudarun"] and the command
+#   bash dev/cuda_device_run.sh
 # Knobs: LAYERS (default 24) cuts the a3b-gpu preset's 48 layers to fit the
 # call's time limit; SKIP_TEST, SKIP_BENCH skip those parts; BASELINE=path
 # of another sluice binary benchmarked on the same model first (before /
@@ -12,6 +15,7 @@
 # (ncu, gpu__time_duration) of decode steps on a 2-layer model.
 set -u
 R=.cudarun
+[ -f $R/pack.tar.xz ] && tar xJf $R/pack.tar.xz -C $R
 O=${OUT:-/tmp/cudaout}
 mkdir -p "$O"
 export LD_LIBRARY_PATH=$PWD/$R/lib:${LD_LIBRARY_PATH:-}
@@ -19,6 +23,10 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=c
 if [ -z "${SKIP_TEST:-}" ]; then
   echo "== test_cuda"
   timeout 150 $R/test_cuda 2>&1 | tee "$O/test_cuda.log" | grep -v "^ok\|^  ok" | tail -40
+  if [ -n "${TEST_ENV:-}" ]; then # the tests again under other tuning knobs
+    echo "== test_cuda with $TEST_ENV"
+    env $(echo "$TEST_ENV" | tr ',' ' ') timeout 150 $R/test_cuda 2>&1 | grep "passed\|FAIL\|fail"
+  fi
 fi
 echo "== device memory bandwidth (1 GiB device-to-device copy, read + write)"
 python3 - <<'PY' 2>&1 | tee "$O/bw.txt"
@@ -42,6 +50,13 @@ if [ -n "${BASELINE:-}" ]; then
 fi
 echo "== a3b-gpu resident, decode graphs"
 timeout 120 $R/sluice bench -m /tmp/a3b.sluice $B --gpu-cache all --json > "$O/bench_graph.json" 2> "$O/bench_graph.log"; cat "$O/bench_graph.log"
+# VARIANTS="name:VAR=v,VAR=v name2:..." benches each set of tuning knobs
+# (docs/cuda.md) with a shorter run, one line each in variants.txt.
+for v in ${VARIANTS:-}; do
+  name=${v%%:*}; envs=${v#*:}
+  env $(echo "$envs" | tr ',' ' ') timeout 60 $R/sluice bench -m /tmp/a3b.sluice --prompt 8 --gen 64 --reps 2 --warmup 1 \
+    --device cuda --gpu-cache all 2>&1 | grep "^prompt:" | sed "s/^/$name [$envs] /" | tee -a "$O/variants.txt"
+done
 if [ -n "${NOGRAPH:-}" ]; then
   echo "== a3b-gpu resident, no graphs"
   SLUICE_CUDA_GRAPH=0 timeout 120 $R/sluice bench -m /tmp/a3b.sluice $B --gpu-cache all --json > "$O/bench_nograph.json" 2> "$O/bench_nograph.log"; cat "$O/bench_nograph.log"
@@ -61,7 +76,7 @@ import csv, sys, collections
 rows = [r for r in csv.reader(open(sys.argv[1])) if len(r) > 10]
 h = rows[0]; ik = h.index("Kernel Name"); iv = h.index("Metric Value")
 ks = [(r[ik].split("(")[0].split("<")[0], float(r[iv].replace(",", ""))) for r in rows[1:]]
-starts = [i for i, (k, v) in enumerate(ks) if k.startswith("kernel_embed")]
+starts = [i for i, (k, v) in enumerate(ks) if "kernel_embed" in k]
 last = ks[starts[-1]:] if starts else ks  # the last decode step
 agg = collections.OrderedDict()
 for k, v in last: agg[k] = agg.get(k, 0) + v

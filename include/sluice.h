@@ -254,6 +254,11 @@ struct sl_context_params {
                                costs the state's size (docs/api.md). 0 = 256;
                                UINT32_MAX = none (truncation recomputes from
                                position 0). Ignored by other models. */
+    uint32_t n_seq_max;     /* independent sequences the context holds (each
+                               with its own n_ctx positions of cache and
+                               recurrent state); 0 = 1. sl_eval and the
+                               sl_context_* / sl_state_* calls act on
+                               sequence 0; sl_decode_batch mixes them. */
 };
 struct sl_context_params sl_context_default_params(void);
 
@@ -461,6 +466,38 @@ int sl_state_load(struct sl_context *ctx, const char *path);
 /* The model's identity as saved states record it: a hash of the file's
  * manifest and tensor table. */
 uint64_t sl_model_identity(const struct sl_model *model);
+
+/* ---- several sequences in one context (docs/api.md) --------------------- */
+
+/* A mixed batch: token i goes to sequence seq_ids[i] (0 <= id < n_seq_max)
+ * at that sequence's next position (tokens of one sequence in batch order).
+ * n <= the context's n_batch. */
+struct sl_batch {
+    size_t n;
+    const int32_t *tokens;      /* (n) */
+    const int32_t *seq_ids;     /* (n) */
+    float *logits;              /* NULL, or (n, n_vocab): row i = logits
+                                   after token i */
+};
+
+/* Evaluates the batch in one forward pass: dense layers and the MoE stage run
+ * over all n tokens together (each routed expert is read once for every
+ * sequence routed to it); attention and the recurrent mixer run per
+ * sequence on its own cache and state. Each sequence gives the same results
+ * as evaluating its tokens alone with sl_eval (to rounding). Validates
+ * everything first (SL_ERR_RANGE: bad id, full sequence, n > n_batch); if the
+ * forward pass fails, the batch's sequences are rolled back (hybrid models:
+ * cleared). With batch->logits, each sequence's last row also becomes its
+ * own last logits (sl_logits for sequence 0); without, they are dropped.
+ * SL_ERR_UNSUPPORTED on the CUDA device. */
+int sl_decode_batch(struct sl_context *ctx, const struct sl_batch *batch);
+
+/* Per-sequence memory: clear; keep positions [0, p0) (sl_context_truncate);
+ * the largest position (-1 when empty); make dst a copy of src (fork). */
+int sl_seq_clear(struct sl_context *ctx, int32_t seq);
+int sl_seq_truncate(struct sl_context *ctx, int32_t seq, uint32_t p0);
+int64_t sl_seq_pos_max(const struct sl_context *ctx, int32_t seq);
+int sl_seq_copy(struct sl_context *ctx, int32_t src, int32_t dst);
 
 #ifdef __cplusplus
 }

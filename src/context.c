@@ -33,6 +33,7 @@ static void alloc_f32(float **p, uint64_t count, int *ok) {
 
 void sl_context_free(struct sl_context *ctx) {
     if (!ctx) return;
+    context_seq_free(ctx); /* binds sequence 0: its buffers are freed below */
     float **bufs[] = {&ctx->k_cache, &ctx->v_cache, &ctx->x,      &ctx->xb,
                       &ctx->xb2,     &ctx->q,       &ctx->att,    &ctx->att_scores,
                       &ctx->router,  &ctx->topk_w,  &ctx->gather, &ctx->hb,
@@ -134,6 +135,10 @@ int sl_context_create(struct sl_model *model,
     const char *dump_dir = getenv("SLUICE_DUMP");
     ctx->dump_dir = dump_dir && *dump_dir ? dump_dir : NULL;
     if (model->cuda && (st = cuda_ctx_create(ctx, &ctx->cuda))) { /* may lower n_batch */
+        sl_context_free(ctx);
+        return st;
+    }
+    if ((st = context_seq_create(ctx, p.n_seq_max))) {
         sl_context_free(ctx);
         return st;
     }

@@ -15,6 +15,8 @@
 struct sl_pool;
 struct mla_scratch;
 struct hybrid_state;
+struct seq_slot;
+struct seq_run;
 struct cuda_ctx;
 
 struct sl_context {
@@ -66,6 +68,17 @@ struct sl_context {
                                  (state_floats each) at ckpt_pos */
     float *logits;            /* (n_vocab) after the last token */
     int has_logits;
+    /* Sequences (context_seq.c): the fields above that belong to one
+     * sequence (caches, recurrent state, tokens, checkpoints, n_past,
+     * logits) are those of the bound sequence cur_seq; the others wait in
+     * seqs[]. Between API calls sequence 0 is bound. NULL when n_seq_max is
+     * 1. */
+    uint32_t n_seq_max, cur_seq;
+    struct seq_slot *seqs;    /* (n_seq_max) */
+    const struct seq_run *runs; /* forward_batch: the chunk's runs of one
+                                 sequence each, or NULL (one run, the bound
+                                 sequence at pos) */
+    int n_runs;
     const char *dump_dir;     /* SLUICE_DUMP, or NULL */
     struct cuda_ctx *cuda;    /* device KV cache and activations when the
                                  model runs on CUDA (src/cuda/cuda.h) */
@@ -79,6 +92,21 @@ struct sl_context {
  * or scratch cannot grow; the cache rows past pos are then undefined. */
 int forward_batch(struct sl_context *ctx, const int32_t *tokens, int n,
                   uint32_t pos, float *logits, int all_logits);
+
+/* One sequence's share of a chunk: rows [start, start + n) at positions
+ * pos.. of sequence seq. */
+struct seq_run {
+    uint32_t seq, pos;
+    int start, n;
+};
+
+/* context_seq.c: makes sequence s the bound one (swaps the per-sequence
+ * fields of struct sl_context with seqs[s]). No-op without seqs. */
+void seq_bind(struct sl_context *ctx, uint32_t s);
+/* Allocates sequences 1 .. n_seq_max - 1 (sequence 0 is the context's own
+ * buffers) or, for n_seq_max <= 1, nothing. SL_ERR_NOMEM. */
+int context_seq_create(struct sl_context *ctx, uint32_t n_seq_max);
+void context_seq_free(struct sl_context *ctx);
 
 /* context_state.c: after a successful chunk that ended at position p_end,
  * copies the recurrent state when a checkpoint interval boundary was

@@ -307,6 +307,38 @@ static int moe(struct sl_context *ctx, uint32_t l, int n) {
     return SL_OK;
 }
 
+/* The token mixer of layer l: Gated DeltaNet or attention. */
+static int mixer(struct sl_context *ctx, uint32_t l, uint32_t pos, int n) {
+    return ctx->model->cfg.layer_linear[l] ? hybrid_gdn_layer(ctx, l, n)
+                                           : attention(ctx, l, pos, n);
+}
+
+/* A chunk of several sequences (ctx->runs): the mixer runs once per run,
+ * bound to that sequence's cache and state, on the run's rows of the
+ * activations; everything else in the layer runs over the whole chunk. */
+static int mixer_runs(struct sl_context *ctx, uint32_t l) {
+    const struct sl_config *c = &ctx->model->cfg;
+    size_t hidden = c->hidden, qd = config_q_dim(c);
+    float *xb = ctx->xb, *xb2 = ctx->xb2, *q = ctx->q, *att = ctx->att;
+    uint32_t bound = ctx->cur_seq;
+    int st = SL_OK;
+    for (int r = 0; r < ctx->n_runs && !st; r++) {
+        const struct seq_run *u = &ctx->runs[r];
+        seq_bind(ctx, u->seq);
+        ctx->xb = xb + (size_t)u->start * hidden;
+        ctx->xb2 = xb2 + (size_t)u->start * hidden;
+        ctx->q = q + (size_t)u->start * qd;
+        ctx->att = att + (size_t)u->start * qd;
+        st = mixer(ctx, l, u->pos, u->n);
+        ctx->xb = xb;
+        ctx->xb2 = xb2;
+        ctx->q = q;
+        ctx->att = att;
+    }
+    seq_bind(ctx, bound);
+    return st;
+}
+
 int forward_batch(struct sl_context *ctx, const int32_t *tokens, int n,
                   uint32_t pos, float *logits, int all_logits) {
     const struct sl_model *m = ctx->model;
@@ -323,9 +355,7 @@ int forward_batch(struct sl_context *ctx, const int32_t *tokens, int n,
         for (int t = 0; t < n; t++)
             ops_rmsnorm(ctx->xb + (size_t)t * hidden, ctx->x + (size_t)t * hidden,
                         L->attn_norm, hidden, c->rms_eps);
-        if ((st = c->layer_linear[l] ? hybrid_gdn_layer(ctx, l, n) /* Gated DeltaNet */
-                                     : attention(ctx, l, pos, n)))
-            return st;
+        if ((st = ctx->runs ? mixer_runs(ctx, l) : mixer(ctx, l, pos, n))) return st;
         ops_add(ctx->x, ctx->xb2, n * hidden);
         ctx->stats.t_attention += sl_now() - t_att;
         for (int t = 0; t < n; t++)

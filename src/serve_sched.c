@@ -18,6 +18,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "context.h"
+#include "cpu/pool.h"
 #include "util.h"
 
 enum { R_QUEUED, R_ACTIVE, R_DONE };
@@ -73,6 +75,9 @@ struct sched {
     int n_queued;
     struct sched_req **active; /* (max_seqs) */
     int n_active;
+    struct sl_pool *pool;    /* the compute threads every context uses: the
+                                first context's pool (contexts are driven by
+                                this one thread, one at a time) */
     struct slot *slots;      /* (max_seqs + n_cached) */
     int n_slots;
     uint64_t tick;
@@ -94,9 +99,7 @@ void sched_view_free(struct sched_view *v) {
     if (!v) return;
     sl_free(v->tokens);
     sl_free(v->text);
-    v->tokens = NULL;
-    v->text = NULL;
-    v->n_tokens = v->cap_tokens = v->text_len = v->cap_text = 0;
+    memset(v, 0, sizeof *v);
 }
 
 static void req_free(struct sched_req *r) {
@@ -122,7 +125,7 @@ static int gen_append(struct sched_req *r, const char *t, size_t n) {
         r->gen = g;
         r->gen_cap = cap;
     }
-    memcpy(r->gen + r->gen_len, t, n);
+    if (n) memcpy(r->gen + r->gen_len, t, n);
     r->gen_len += n;
     r->gen[r->gen_len] = 0;
     return SL_OK;
@@ -222,6 +225,15 @@ static int admit_one(struct sched *s, struct sched_req *r) {
         if (rc) {
             snprintf(r->error, sizeof r->error, "cannot create a context: %s", sl_errmsg());
             return rc;
+        }
+        /* Why: one pool per context means every context's workers spin
+         * after its step while the next context computes; sharing one pool
+         * keeps exactly n_threads busy. */
+        if (!s->pool) {
+            s->pool = sl->ctx->pool;
+        } else {
+            pool_free(sl->ctx->pool);
+            sl->ctx->pool = s->pool;
         }
     } else if (sl != best) {
         sl_context_reset(sl->ctx);
@@ -469,9 +481,11 @@ void sched_free(struct sched *s) {
         if (r->client_gone) req_free(r);
     }
     for (int i = 0; i < s->n_slots && s->slots; i++) {
+        if (s->slots[i].ctx) s->slots[i].ctx->pool = NULL; /* shared: freed below */
         sl_context_free(s->slots[i].ctx);
         sl_free(s->slots[i].toks);
     }
+    pool_free(s->pool);
     pthread_cond_destroy(&s->work);
     pthread_mutex_destroy(&s->mu);
     sl_free(s->slots);
@@ -518,7 +532,7 @@ int sched_submit(struct sched *s, const int32_t *prompt, size_t n,
     memcpy(r->prompt, prompt, n * sizeof *prompt);
     if (p->timeout_s > 0) r->deadline = now_s() + p->timeout_s;
     pthread_mutex_lock(&s->mu);
-    if (s->n_active >= s->p.max_seqs && s->n_queued >= s->p.max_queue) {
+    if (s->n_active + s->n_queued >= s->p.max_seqs + s->p.max_queue) {
         s->m.rejected_busy++;
         pthread_mutex_unlock(&s->mu);
         req_free(r);

@@ -89,6 +89,7 @@ struct sched_view {
     uint32_t n_prompt, n_cached_prompt;  /* prompt tokens, of them reused */
     char error[256];                     /* SCHED_ERROR: the message */
 };
+/* Frees the view's buffers and zeroes it (ready for another request). */
 void sched_view_free(struct sched_view *v);
 
 struct sched;

@@ -4,15 +4,18 @@
  *
  * What it is: presets, parameter checks, seeded weight generation with a
  * thread pool that splits rows, the router-skew fit, and the streaming write
- * through the format writer. What it is not: a converter (no checkpoint is
- * read) nor a model loader (file_open is used once at the end, to report
- * sizes and prove the file opens).
+ * through the format writer, and the qwen3_moe layer layout. What it is
+ * not: the qwen3_5_moe hybrid layout and presets (synth_hybrid.c, through
+ * synth_impl.h), a converter (no checkpoint is read) nor a model loader
+ * (file_open is used once at the end, to report sizes and prove the file
+ * opens).
  *
  * Invariants: every row of every tensor is a pure function of (seed, tensor
  * name, row index); nothing depends on thread timing or count. At most one
  * dense tensor or one batch of experts is in memory.
  */
 #include "synth.h"
+#include "synth_impl.h"
 
 #include <cJSON.h>
 #include <errno.h>
@@ -463,7 +466,9 @@ static void preset_qwen3_moe(struct sl_config *c) {
     c->bos_id = -1;
 }
 
-const char *synth_preset_names(void) { return "demo tiny a3b-cpu a3b-gpu"; }
+const char *synth_preset_names(void) {
+    return "demo tiny a3b-cpu a3b-gpu " SYNTH_HYBRID_PRESETS;
+}
 
 int synth_set_layers(struct synth_params *p, uint32_t n_layers) {
     if (n_layers == 0 || n_layers > SL_MAX_LAYERS)
@@ -472,6 +477,7 @@ int synth_set_layers(struct synth_params *p, uint32_t n_layers) {
     p->cfg.n_layers = n_layers;
     memset(p->cfg.layer_is_moe, 0, sizeof p->cfg.layer_is_moe);
     memset(p->cfg.layer_is_moe, 1, n_layers);
+    if (config_is_hybrid(&p->cfg)) synth_hybrid_set_layers(&p->cfg);
     return SL_OK;
 }
 
@@ -484,7 +490,9 @@ int synth_preset(const char *name, struct synth_params *p) {
     p->seed = 42;
     p->preset = name;
     uint32_t layers;
-    if (strcmp(name, "demo") == 0) {
+    if (synth_hybrid_preset(name, p, &layers)) {
+        /* qwen3_5_moe shapes: synth_hybrid.c */
+    } else if (strcmp(name, "demo") == 0) {
         /* The default model shipped by `make`: n_vocab and eos come from
          * the tokenizer given at write time. */
         layers = 4;
@@ -610,9 +618,13 @@ static int check_dtype(const char *what, int dtype, const int *allowed,
 
 int synth_check(const struct synth_params *p, struct sl_config *out) {
     struct sl_config c = p->cfg;
-    if (c.arch != SL_ARCH_QWEN3_MOE || strcmp(c.model_type, "qwen3_moe") != 0)
-        return sl_seterr(SL_ERR_UNSUPPORTED, "synth writes qwen3_moe only, "
-                         "got model_type '%.31s'", c.model_type);
+    int hybrid = c.arch == SL_ARCH_QWEN3_5_MOE &&
+                 strcmp(c.model_type, "qwen3_5_moe_text") == 0;
+    if (!hybrid &&
+        (c.arch != SL_ARCH_QWEN3_MOE || strcmp(c.model_type, "qwen3_moe") != 0))
+        return sl_seterr(SL_ERR_UNSUPPORTED, "synth writes qwen3_moe and "
+                         "qwen3_5_moe_text only, got model_type '%.31s'",
+                         c.model_type);
     if (c.n_layers == 0 || c.n_layers > SL_MAX_LAYERS)
         return sl_seterr(SL_ERR_ARG, "number of layers must be 1..%d, got %u",
                          SL_MAX_LAYERS, c.n_layers);
@@ -648,7 +660,8 @@ int synth_check(const struct synth_params *p, struct sl_config *out) {
         (rc = check_dtype("dense", p->dense_dtype, dense_ok, c.hidden,
                           config_q_dim(&c))) ||
         (any_dense &&
-         (rc = check_dtype("dense", p->dense_dtype, dense_ok, c.ffn, c.ffn))))
+         (rc = check_dtype("dense", p->dense_dtype, dense_ok, c.ffn, c.ffn))) ||
+        (hybrid && (rc = synth_hybrid_check(&c, p->dense_dtype))))
         return rc;
     if (p->tokenizer_path) {
         char *json;
@@ -683,27 +696,16 @@ int synth_check(const struct synth_params *p, struct sl_config *out) {
 
 /* ---- writing ----------------------------------------------------------- */
 
-struct synth_state {
-    const struct synth_params *p;
-    struct sl_config c;                /* resolved (n_vocab, eos) */
-    struct sl_writer *w;
-    int n_threads;
-    struct synth_route_stats *stats;   /* (n_layers) */
-    double *sigma;                     /* (n_layers) */
-    float *target;                     /* (n_layers) */
-    uint8_t *slot[3];                  /* expert batch: (batch, part bytes) */
-    uint32_t batch;
-};
+/* struct synth_state: synth_impl.h. */
 
-static int write_matrix(struct synth_state *s, const char *name, uint64_t rows,
-                        uint64_t cols, float std) {
-    int dtype = s->p->dense_dtype;
+int synth_put_matrix(struct synth_state *s, const char *name, int dtype,
+                     uint64_t rows, uint64_t cols, float mean, float std) {
     uint64_t rb = quant_row_bytes(dtype, cols), size = rows * rb;
     uint8_t *buf = sl_malloc((size_t)size); /* (rows, row bytes) */
     if (!buf)
         return sl_seterr(SL_ERR_NOMEM, "synth: cannot allocate %llu bytes for"
                          " %s", (unsigned long long)size, name);
-    struct mat_task t = {seed_of_name(s->p->seed, name), rows, cols, 0.0f, std,
+    struct mat_task t = {seed_of_name(s->p->seed, name), rows, cols, mean, std,
                          dtype, buf};
     int rc = fill_tasks(&t, 1, s->n_threads);
     uint64_t dims[2] = {rows, cols};
@@ -712,11 +714,17 @@ static int write_matrix(struct synth_state *s, const char *name, uint64_t rows,
     return rc;
 }
 
-/* Norm weights: f32, 1 + 0.02 N(0,1). */
-static int write_norm(struct synth_state *s, const char *name, uint64_t n) {
+/* A dense-dtype matrix, N(0, std^2). */
+static int write_matrix(struct synth_state *s, const char *name, uint64_t rows,
+                        uint64_t cols, float std) {
+    return synth_put_matrix(s, name, s->p->dense_dtype, rows, cols, 0.0f, std);
+}
+
+int synth_put_vector(struct synth_state *s, const char *name, uint64_t n,
+                     float mean, float std) {
     float *v = sl_malloc((size_t)n * sizeof *v); /* (n) */
     if (!v) return sl_seterr(SL_ERR_NOMEM, "synth: out of memory for %s", name);
-    gen_row(v, n, seed_of_name(s->p->seed, name), 0, 1.0f, 0.02f);
+    gen_row(v, n, seed_of_name(s->p->seed, name), 0, mean, std);
     uint64_t dims[1] = {n};
     int rc = writer_add_tensor(s->w, name, SL_DTYPE_F32, 1, dims, v,
                                n * sizeof *v);
@@ -724,9 +732,14 @@ static int write_norm(struct synth_state *s, const char *name, uint64_t n) {
     return rc;
 }
 
+/* Norm weights: f32, 1 + 0.02 N(0,1). */
+static int write_norm(struct synth_state *s, const char *name, uint64_t n) {
+    return synth_put_vector(s, name, n, 1.0f, 0.02f);
+}
+
 /* The router of layer l: unit-norm random rows, scaled to the layer's
  * target Gini by fit_router, stored in the dense dtype. */
-static int write_router(struct synth_state *s, uint32_t l, const char *name) {
+int synth_put_router(struct synth_state *s, uint32_t l, const char *name) {
     const struct sl_config *c = &s->c;
     uint32_t E = c->n_experts, H = c->hidden;
     int dtype = s->p->dense_dtype;
@@ -782,6 +795,10 @@ static int write_dense(struct synth_state *s) {
                            c->hidden, 1.0f)))
         return rc;
     for (uint32_t l = 0; l < c->n_layers; l++) {
+        if (config_is_hybrid(c)) {
+            if ((rc = synth_hybrid_write_layer(s, l))) return rc;
+            continue;
+        }
 #define NAME(suffix) (snprintf(n, sizeof n, "model.layers.%u.%s", l, suffix), n)
         if ((rc = write_norm(s, NAME("input_layernorm.weight"), c->hidden)) ||
             (rc = write_matrix(s, NAME("self_attn.q_proj.weight"),
@@ -799,7 +816,7 @@ static int write_dense(struct synth_state *s) {
                              c->hidden)))
             return rc;
         if (c->layer_is_moe[l]) {
-            rc = write_router(s, l, NAME("mlp.gate.weight"));
+            rc = synth_put_router(s, l, NAME("mlp.gate.weight"));
         } else if (!(rc = write_matrix(s, NAME("mlp.gate_proj.weight"), c->ffn,
                                        c->hidden, sh)) &&
                    !(rc = write_matrix(s, NAME("mlp.up_proj.weight"), c->ffn,

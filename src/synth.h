@@ -1,7 +1,9 @@
 /*
- * synth.h — the synthetic model generator: writes a qwen3_moe .sluice file
- * of any layer shape and number of layers, with seeded random weights and a
- * configurable skew of expert usage, without any checkpoint.
+ * synth.h — the synthetic model generator: writes a qwen3_moe or a
+ * qwen3_5_moe (text: hybrid Gated DeltaNet + gated attention, shared expert;
+ * src/synth_hybrid.c) .sluice file of any layer shape and number of layers,
+ * with seeded random weights and a configurable skew of expert usage,
+ * without any checkpoint.
  *
  * What it is: a benchmark and test tool (the demo model shipped by `make`,
  * the a3b-* benchmark scenarios, tiny models for tests). What it is not: a
@@ -36,7 +38,9 @@
 #define SYNTH_MAX_SKEW 0.9f
 
 struct synth_params {
-    struct sl_config cfg;       /* shape; cfg.n_vocab == 0 means "the
+    struct sl_config cfg;       /* shape (arch qwen3_moe, or qwen3_5_moe
+                                   with model_type "qwen3_5_moe_text");
+                                   cfg.n_vocab == 0 means "the
                                    tokenizer's size" (needs tokenizer_path);
                                    cfg.n_eos == 0 with a tokenizer takes the
                                    id of "<|endoftext|>" if present */
@@ -77,16 +81,17 @@ struct synth_report {
                                    reachable Gini and was lowered to it */
 };
 
-/* Fills *p with the named preset ("demo", "tiny", "a3b-cpu", "a3b-gpu"):
- * shape, dtypes, seed, skew. Returns SL_ERR_ARG naming the known presets for
- * an unknown name. */
+/* Fills *p with the named preset ("demo", "tiny", "a3b-cpu", "a3b-gpu";
+ * hybrid qwen3_5_moe: "tiny-hybrid", "a17b", "a3b35"): shape, dtypes, seed,
+ * skew. Returns SL_ERR_ARG naming the known presets for an unknown name. */
 int synth_preset(const char *name, struct synth_params *p);
 
 /* Space-separated list of preset names (for usage messages). */
 const char *synth_preset_names(void);
 
-/* Sets cfg.n_layers and marks every layer as MoE. SL_ERR_ARG if n_layers is
- * 0 or above SL_MAX_LAYERS. */
+/* Sets cfg.n_layers and marks every layer as MoE; for a hybrid config also
+ * the layer kinds (layer i full attention iff (i + 1) % 4 == 0, the rest
+ * Gated DeltaNet). SL_ERR_ARG if n_layers is 0 or above SL_MAX_LAYERS. */
 int synth_set_layers(struct synth_params *p, uint32_t n_layers);
 
 /* Checks p for everything that can be checked without writing: shape,

@@ -440,4 +440,137 @@ TEST(test_refusals) {
     free(bad);
 }
 
+
+/* Several sequences decoded together give each one's tokens alone. */
+#define NS 3
+TEST(test_batched_decode_equals_alone) {
+    const int plen[NS] = {10, 17, 5};
+    for (int i = 0; i < M_COUNT; i++) {
+        struct sl_model *m = model(i);
+        if (!m) continue;
+        size_t nv = (size_t)sl_model_n_vocab(m);
+        int32_t ps[NS][17], want_tok[NS][ND];
+        float *want = malloc(NS * ND * nv * sizeof(float));
+        for (int q = 0; q < NS; q++) {
+            prompt(m, ps[q], plen[q], 10 + q);
+            struct sl_context *ctx = make_ctx(m, 64, 64, 4);
+            CHECK(sl_eval(ctx, ps[q], (size_t)plen[q], NULL) == SL_OK);
+            for (int s = 0; s < ND; s++) {
+                memcpy(want + (q * ND + s) * nv, sl_logits(ctx), nv * sizeof(float));
+                want_tok[q][s] = argmax(sl_logits(ctx), nv);
+                CHECK(sl_eval(ctx, &want_tok[q][s], 1, NULL) == SL_OK);
+            }
+            sl_context_free(ctx);
+        }
+        struct sl_context_params cp = sl_context_default_params();
+        cp.n_ctx = 64;
+        cp.n_batch = 64;
+        cp.n_threads = 2;
+        cp.n_seq_max = NS;
+        cp.state_checkpoint_interval = 4;
+        struct sl_context *ctx = NULL;
+        CHECK(sl_context_create(m, &cp, &ctx) == SL_OK);
+        if (!ctx) continue;
+        /* the prompts in one mixed batch, sequences interleaved */
+        int32_t toks[64], seqs[64];
+        int n = 0;
+        for (int t = 0; t < 17; t++)
+            for (int q = NS - 1; q >= 0; q--)
+                if (t < plen[q]) {
+                    toks[n] = ps[q][t];
+                    seqs[n++] = q;
+                }
+        float *rows = malloc((size_t)n * nv * sizeof(float));
+        struct sl_batch b = {(size_t)n, toks, seqs, rows};
+        CHECK(sl_decode_batch(ctx, &b) == SL_OK);
+        float *last[NS];
+        for (int j = 0; j < n; j++) last[seqs[j]] = rows + (size_t)j * nv;
+        int32_t cur[NS];
+        float *step = malloc(NS * nv * sizeof(float));
+        for (int q = 0; q < NS; q++) {
+            CHECK_EQ_INT(sl_seq_pos_max(ctx, q), plen[q] - 1);
+            memcpy(step + q * nv, last[q], nv * sizeof(float));
+        }
+        CHECK(sl_logits(ctx) && memcmp(sl_logits(ctx), step, nv * sizeof(float)) == 0);
+        for (int s = 0; s < ND; s++) {
+            char what[48];
+            for (int q = 0; q < NS; q++) {
+                snprintf(what, sizeof what, "batched seq %d step %d", q, s);
+                check_close(what, model_names[i], step + q * nv, want + (q * ND + s) * nv, nv);
+                cur[q] = argmax(step + q * nv, nv);
+                CHECK_MSG(cur[q] == want_tok[q][s], "%s seq %d step %d: token %d, alone %d",
+                          model_names[i], q, s, cur[q], want_tok[q][s]);
+            }
+            int32_t bt[NS] = {cur[2], cur[0], cur[1]}, bs[NS] = {2, 0, 1};
+            float brows[NS * 1]; /* unused: logits wanted below */
+            (void)brows;
+            float *out = malloc(NS * nv * sizeof(float));
+            struct sl_batch d = {NS, bt, bs, out};
+            CHECK(sl_decode_batch(ctx, &d) == SL_OK);
+            for (int j = 0; j < NS; j++) memcpy(step + bs[j] * nv, out + j * nv, nv * sizeof(float));
+            free(out);
+        }
+        for (int q = 0; q < NS; q++) CHECK_EQ_INT(sl_seq_pos_max(ctx, q), plen[q] + ND - 1);
+
+        /* fork sequence 0 into 1, truncate 2 back to its prompt: then one
+         * batch gives 0 and 1 the same row, 2 its first decode step again */
+        CHECK(sl_seq_copy(ctx, 0, 1) == SL_OK);
+        CHECK_EQ_INT(sl_seq_pos_max(ctx, 1), plen[0] + ND - 1);
+        CHECK(sl_seq_truncate(ctx, 2, (uint32_t)plen[2]) == SL_OK);
+        CHECK_EQ_INT(sl_seq_pos_max(ctx, 2), plen[2] - 1);
+        int32_t ft[NS] = {5, 5, want_tok[2][0]}, fs[NS] = {0, 1, 2};
+        float *out = malloc(NS * nv * sizeof(float));
+        struct sl_batch f = {NS, ft, fs, out};
+        CHECK(sl_decode_batch(ctx, &f) == SL_OK);
+        check_close("forked sequences", model_names[i], out + nv, out, nv);
+        check_close("truncated sequence", model_names[i], out + 2 * nv, want + (2 * ND + 1) * nv,
+                    nv);
+        /* clear one sequence; the others keep their positions */
+        CHECK(sl_seq_clear(ctx, 1) == SL_OK);
+        CHECK_EQ_INT(sl_seq_pos_max(ctx, 1), -1);
+        CHECK_EQ_INT(sl_seq_pos_max(ctx, 0), plen[0] + ND);
+        /* refusals */
+        int32_t bad_seq = NS, one = 1;
+        struct sl_batch e = {1, &one, &bad_seq, NULL};
+        CHECK(sl_decode_batch(ctx, &e) == SL_ERR_RANGE);
+        CHECK_MSG(strstr(sl_errmsg(), "sequence 3 is out of range") != NULL, "%s", sl_errmsg());
+        CHECK(sl_seq_clear(ctx, -1) == SL_ERR_RANGE);
+        CHECK(sl_seq_copy(ctx, 0, NS) == SL_ERR_RANGE);
+        CHECK_EQ_INT(sl_seq_pos_max(ctx, NS), -1);
+        struct sl_batch z = {0, &one, &bad_seq, NULL};
+        CHECK(sl_decode_batch(ctx, &z) == SL_ERR_ARG);
+        int32_t many[65] = {0}, s0[65] = {0};
+        struct sl_batch big = {65, many, s0, NULL};
+        CHECK(sl_decode_batch(ctx, &big) == SL_ERR_RANGE);
+        /* a full sequence is refused, the context unchanged */
+        struct sl_batch full = {64, many, s0, NULL};
+        CHECK(sl_decode_batch(ctx, &full) == SL_ERR_RANGE);
+        CHECK_MSG(strstr(sl_errmsg(), "sequence 0 is full") != NULL, "%s", sl_errmsg());
+        CHECK_EQ_INT(sl_seq_pos_max(ctx, 0), plen[0] + ND);
+        free(out);
+        free(step);
+        free(rows);
+        free(want);
+        sl_context_free(ctx);
+    }
+}
+
+TEST(test_single_sequence_context_refuses_other_ids) {
+    struct sl_model *m = model(M_TINY);
+    if (!m) TEST_SKIP("model missing");
+    struct sl_context *ctx = make_ctx(m, 64, 16, 0);
+    int32_t one = 1, seq = 1;
+    struct sl_batch b = {1, &one, &seq, NULL};
+    CHECK(sl_decode_batch(ctx, &b) == SL_ERR_RANGE);
+    seq = 0;
+    CHECK(sl_decode_batch(ctx, &b) == SL_OK); /* sequence 0 = sl_eval's */
+    CHECK_EQ_INT(sl_context_n_past(ctx), 1);
+    CHECK(sl_logits(ctx) == NULL); /* no logits asked for */
+    struct sl_context_params cp = sl_context_default_params();
+    cp.n_seq_max = 100000;
+    struct sl_context *big = NULL;
+    CHECK(sl_context_create(m, &cp, &big) == SL_ERR_ARG && big == NULL);
+    sl_context_free(ctx);
+}
+
 TEST_MAIN()

@@ -422,9 +422,10 @@ TEST(cuda_route) {
 
 TEST(cuda_moe) {
     NEED_GPU();
+    /* the last: 16-byte aligned Q4 down rows (the decode kernels' fast path) */
     const int cases[][3] = {{SL_DTYPE_Q4, 128, 64}, {SL_DTYPE_BF16, 64, 32}, {SL_DTYPE_Q8, 256, 96},
-                            {SL_DTYPE_Q4, 64, 32}};
-    for (int ci = 0; ci < 4; ci++)
+                            {SL_DTYPE_Q4, 64, 32}, {SL_DTYPE_Q4, 512, 768}};
+    for (int ci = 0; ci < 5; ci++)
         for (int n = 1; n <= 9; n += 8) {
             int dt = cases[ci][0], hid = cases[ci][1], ffn = cases[ci][2], ne = 6, k = 2;
             uint64_t rgu = quant_row_bytes(dt, hid), rdn = quant_row_bytes(dt, ffn);

@@ -4,6 +4,7 @@
  * expert record with its dtype and shape, weight scales, the routing skew
  * measured independently on the written router, and rejected parameters.
  */
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,6 +14,7 @@
 
 #include "config.h"
 #include "format.h"
+#include "sluice.h"
 #include "quant.h"
 #include "synth.h"
 #include "test.h"
@@ -58,6 +60,13 @@ static int files_equal(const char *a, const char *b) {
 static struct synth_params tiny(void) {
     struct synth_params p;
     synth_preset("tiny", &p);
+    p.n_threads = 2;
+    return p;
+}
+
+static struct synth_params tiny_hybrid(void) {
+    struct synth_params p;
+    synth_preset("tiny-hybrid", &p);
     p.n_threads = 2;
     return p;
 }
@@ -491,23 +500,254 @@ TEST(test_alloc_failures) {
     const char *path = tmp_path("oom.sluice");
     char tmp[300];
     snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    struct synth_params p = tiny();
-    p.n_threads = 1;
-    int rc = -1;
-    long n;
-    for (n = 1; n < 2000 && rc != SL_OK; n++) {
-        sl_alloc_fail_after(n);
-        rc = synth_write(&p, path, NULL);
-        sl_alloc_fail_after(0);
-        if (rc != SL_OK) {
-            CHECK_MSG(sl_errmsg()[0] != 0, "allocation %ld: no message", n);
-            CHECK_MSG(!exists(path) && !exists(tmp), "allocation %ld: file "
-                      "left behind", n);
+    for (int hybrid = 0; hybrid < 2; hybrid++) {
+        struct synth_params p = hybrid ? tiny_hybrid() : tiny();
+        p.n_threads = 1;
+        int rc = -1;
+        long n;
+        for (n = 1; n < 4000 && rc != SL_OK; n++) {
+            sl_alloc_fail_after(n);
+            rc = synth_write(&p, path, NULL);
+            sl_alloc_fail_after(0);
+            if (rc != SL_OK) {
+                CHECK_MSG(sl_errmsg()[0] != 0, "allocation %ld: no message", n);
+                CHECK_MSG(!exists(path) && !exists(tmp), "allocation %ld: "
+                          "file left behind", n);
+            }
         }
+        CHECK_MSG(rc == SL_OK, "still failing after %ld allocations", n);
+        CHECK(n > 5);
+        unlink(path);
     }
-    CHECK_MSG(rc == SL_OK, "still failing after %ld allocations", n);
-    CHECK(n > 5);
-    unlink(path);
+}
+
+/* ---- qwen3_5_moe (hybrid) ---------------------------------------------- */
+
+/* Every tensor model.c's bind_layer_hybrid binds, with dtype and shape. */
+static void check_hybrid_layout(const char *path, const struct synth_params *p) {
+    struct sl_file f;
+    int rc = file_open(&f, path, 1);
+    CHECK_MSG(rc == SL_OK, "file_open: %s", sl_errmsg());
+    if (rc) return;
+    struct sl_config c;
+    rc = config_parse(&c, f.manifest, f.manifest_len);
+    CHECK_MSG(rc == SL_OK, "config_parse: %s", sl_errmsg());
+    const struct sl_config *w = &p->cfg;
+    CHECK_EQ_INT(c.arch, SL_ARCH_QWEN3_5_MOE);
+    CHECK(strcmp(c.model_type, "qwen3_5_moe_text") == 0);
+    CHECK_EQ_INT(c.n_layers, w->n_layers);
+    CHECK_EQ_INT(c.lin_k_heads, w->lin_k_heads);
+    CHECK_EQ_INT(c.lin_v_heads, w->lin_v_heads);
+    CHECK_EQ_INT(c.lin_k_dim, w->lin_k_dim);
+    CHECK_EQ_INT(c.lin_v_dim, w->lin_v_dim);
+    CHECK_EQ_INT(c.lin_conv, w->lin_conv);
+    CHECK_EQ_INT(c.shared_ffn, w->shared_ffn);
+    CHECK_EQ_INT(c.rope_dim, w->head_dim / 4);
+    CHECK_EQ_INT(c.attn_gate, 1);
+    for (uint32_t l = 0; l < w->n_layers; l++) {
+        CHECK_EQ_INT(c.layer_linear[l], (l + 1) % 4 != 0);
+        CHECK_EQ_INT(c.layer_is_moe[l], 1);
+    }
+    uint32_t H = w->hidden, qd = config_q_dim(w), kvd = config_kv_dim(w);
+    uint32_t cd = config_lin_conv_dim(w), vd = config_lin_value_dim(w);
+    uint32_t nv = w->lin_v_heads, sf = w->shared_ffn;
+    int dd = p->dense_dtype, f32 = SL_DTYPE_F32;
+    uint32_t n_tensors = 3;
+    char n[300];
+    for (uint32_t l = 0; l < w->n_layers; l++) {
+#define NAME(s) (snprintf(n, sizeof n, "model.layers.%u.%s", l, s), n)
+        check_vector(&f, NAME("input_layernorm.weight"), H);
+        check_vector(&f, NAME("post_attention_layernorm.weight"), H);
+        if ((l + 1) % 4) {
+            check_matrix(&f, NAME("linear_attn.in_proj_qkv.weight"), dd, cd, H);
+            check_matrix(&f, NAME("linear_attn.in_proj_z.weight"), dd, vd, H);
+            check_matrix(&f, NAME("linear_attn.in_proj_b.weight"), f32, nv, H);
+            check_matrix(&f, NAME("linear_attn.in_proj_a.weight"), f32, nv, H);
+            check_matrix(&f, NAME("linear_attn.conv1d.weight"), f32, cd,
+                         w->lin_conv);
+            check_vector(&f, NAME("linear_attn.norm.weight"), w->lin_v_dim);
+            check_matrix(&f, NAME("linear_attn.out_proj.weight"), dd, H, vd);
+            const struct sl_tensor_info *a = file_find_tensor(
+                &f, NAME("linear_attn.A_log"));
+            const struct sl_tensor_info *b = file_find_tensor(
+                &f, NAME("linear_attn.dt_bias"));
+            CHECK(a && a->dtype == f32 && a->n_dims == 1 && a->dims[0] == nv);
+            CHECK(b && b->dtype == f32 && b->n_dims == 1 && b->dims[0] == nv);
+            n_tensors += 9;
+        } else {
+            check_matrix(&f, NAME("self_attn.q_proj.weight"), dd, 2 * qd, H);
+            check_matrix(&f, NAME("self_attn.k_proj.weight"), dd, kvd, H);
+            check_matrix(&f, NAME("self_attn.v_proj.weight"), dd, kvd, H);
+            check_matrix(&f, NAME("self_attn.o_proj.weight"), dd, H, qd);
+            check_vector(&f, NAME("self_attn.q_norm.weight"), w->head_dim);
+            check_vector(&f, NAME("self_attn.k_norm.weight"), w->head_dim);
+            n_tensors += 6;
+        }
+        check_matrix(&f, NAME("mlp.gate.weight"), dd, w->n_experts, H);
+        check_matrix(&f, NAME("mlp.shared_expert.gate_proj.weight"), dd, sf, H);
+        check_matrix(&f, NAME("mlp.shared_expert.up_proj.weight"), dd, sf, H);
+        check_matrix(&f, NAME("mlp.shared_expert.down_proj.weight"), dd, H, sf);
+        const struct sl_tensor_info *g = file_find_tensor(
+            &f, NAME("mlp.shared_expert_gate.weight"));
+        CHECK(g && g->dtype == f32 && g->n_dims == 1 && g->dims[0] == H);
+#undef NAME
+        n_tensors += 7;
+        const struct sl_expert_layer *el = file_expert_layer(&f, l);
+        CHECK_MSG(el && el->n_experts == w->n_experts, "layer %u experts", l);
+        if (el) CHECK_EQ_INT(el->part[2].dtype, p->expert_dtype);
+    }
+    CHECK_EQ_INT(f.n_tensors, n_tensors);
+    CHECK_EQ_INT(f.n_expert_layers, w->n_layers);
+    file_close(&f);
+}
+
+/* Opens the model and evaluates n tokens: every logit finite, spread. */
+static void eval_model(const char *path, int n) {
+    struct sl_model_params mp = sl_model_default_params();
+    mp.n_threads = 2;
+    struct sl_model *m = NULL;
+    int rc = sl_model_open(path, &mp, &m);
+    CHECK_MSG(rc == SL_OK, "sl_model_open: %s", sl_errmsg());
+    if (rc) return;
+    struct sl_context_params cp = sl_context_default_params();
+    cp.n_ctx = 64;
+    struct sl_context *ctx = NULL;
+    rc = sl_context_create(m, &cp, &ctx);
+    CHECK_MSG(rc == SL_OK, "sl_context_create: %s", sl_errmsg());
+    int32_t nv = sl_model_n_vocab(m);
+    int32_t toks[16];
+    for (int i = 0; i < n && i < 16; i++) toks[i] = (int32_t)((i * 37 + 5) % nv);
+    float *all = malloc((size_t)n * (size_t)nv * sizeof *all);
+    rc = ctx ? sl_eval(ctx, toks, (size_t)n, all) : SL_ERR_ARG;
+    CHECK_MSG(rc == SL_OK, "sl_eval: %s", sl_errmsg());
+    /* Then one decode step (the recurrent path after the chunked prompt). */
+    if (!rc) rc = sl_eval(ctx, toks, 1, NULL);
+    CHECK_MSG(rc == SL_OK, "sl_eval (decode): %s", sl_errmsg());
+    if (!rc) {
+        double ss = 0;
+        int finite = 1;
+        for (int64_t i = 0; i < (int64_t)n * nv; i++) {
+            finite &= isfinite(all[i]);
+            ss += (double)all[i] * all[i];
+        }
+        const float *last = sl_logits(ctx);
+        for (int32_t i = 0; i < nv; i++) finite &= isfinite(last[i]);
+        CHECK(finite);
+        double rms = sqrt(ss / ((double)n * nv));
+        CHECK_MSG(rms > 0.1 && rms < 10, "logit rms %g", rms);
+    }
+    free(all);
+    sl_context_free(ctx);
+    sl_model_close(m);
+}
+
+TEST(test_hybrid_tiny) {
+    struct synth_params p = tiny_hybrid();
+    p.skew = 0.3f; /* exercise the router fit */
+    const char *a = tmp_path("h1.sluice"), *b = tmp_path("h2.sluice");
+    struct synth_report r;
+    CHECK_EQ_INT(synth_write(&p, a, &r), SL_OK);
+    CHECK(r.expert_bytes > 0 && r.dense_bytes > 0);
+    p.n_threads = 3;
+    CHECK_EQ_INT(synth_write(&p, b, NULL), SL_OK);
+    CHECK_EQ_INT(files_equal(a, b), 1);
+    check_hybrid_layout(a, &p);
+    eval_model(a, 5);
+    /* Fewer and more layers keep the 3 : 1 pattern; q8 dense. */
+    synth_set_layers(&p, 9);
+    p.dense_dtype = SL_DTYPE_Q8;
+    CHECK_EQ_INT(synth_write(&p, b, NULL), SL_OK);
+    check_hybrid_layout(b, &p);
+    eval_model(b, 3);
+    synth_set_layers(&p, 2); /* linear layers only */
+    CHECK_EQ_INT(synth_write(&p, b, NULL), SL_OK);
+    check_hybrid_layout(b, &p);
+    eval_model(b, 2);
+    unlink(a);
+    unlink(b);
+}
+
+TEST(test_hybrid_presets) {
+    struct synth_params p;
+    CHECK_EQ_INT(synth_preset("a17b", &p), SL_OK);
+    const struct sl_config *c = &p.cfg;
+    CHECK_EQ_INT(c->arch, SL_ARCH_QWEN3_5_MOE);
+    CHECK_EQ_INT(c->n_layers, 4);
+    CHECK_EQ_INT(c->hidden, 4096);
+    CHECK_EQ_INT(c->n_heads, 32);
+    CHECK_EQ_INT(c->n_kv_heads, 2);
+    CHECK_EQ_INT(c->head_dim, 256);
+    CHECK_EQ_INT(c->rope_dim, 64);
+    CHECK_EQ_INT(c->lin_k_heads, 16);
+    CHECK_EQ_INT(c->lin_v_heads, 64);
+    CHECK_EQ_INT(c->lin_k_dim, 128);
+    CHECK_EQ_INT(c->lin_v_dim, 128);
+    CHECK_EQ_INT(c->lin_conv, 4);
+    CHECK_EQ_INT(c->n_experts, 512);
+    CHECK_EQ_INT(c->n_experts_used, 10);
+    CHECK_EQ_INT(c->moe_ffn, 1024);
+    CHECK_EQ_INT(c->shared_ffn, 1024);
+    CHECK_EQ_INT(c->n_vocab, 248320);
+    CHECK_EQ_INT(c->n_eos, 2);
+    CHECK_EQ_INT(p.expert_dtype, SL_DTYPE_Q4);
+    CHECK_EQ_INT(p.dense_dtype, SL_DTYPE_BF16);
+    CHECK_EQ_INT(synth_check(&p, NULL), SL_OK);
+    int pattern[4] = {1, 1, 1, 0};
+    for (int i = 0; i < 4; i++) CHECK_EQ_INT(c->layer_linear[i], pattern[i]);
+    CHECK_EQ_INT(synth_set_layers(&p, 60), SL_OK);
+    for (int i = 0; i < 60; i++) CHECK_EQ_INT(c->layer_linear[i], (i + 1) % 4 != 0);
+    CHECK_EQ_INT(synth_preset("a3b35", &p), SL_OK);
+    CHECK_EQ_INT(c->hidden, 2048);
+    CHECK_EQ_INT(c->n_heads, 16);
+    CHECK_EQ_INT(c->n_kv_heads, 2);
+    CHECK_EQ_INT(c->head_dim, 256);
+    CHECK_EQ_INT(c->lin_v_heads, 32);
+    CHECK_EQ_INT(c->n_experts, 256);
+    CHECK_EQ_INT(c->n_experts_used, 8);
+    CHECK_EQ_INT(c->moe_ffn, 512);
+    CHECK_EQ_INT(c->shared_ffn, 512);
+    CHECK_EQ_INT(synth_check(&p, NULL), SL_OK);
+    CHECK(strstr(synth_preset_names(), "tiny-hybrid") != NULL);
+    /* Switching back to a qwen3_moe preset clears the hybrid fields. */
+    CHECK_EQ_INT(synth_preset("tiny", &p), SL_OK);
+    CHECK_EQ_INT(c->arch, SL_ARCH_QWEN3_MOE);
+    CHECK_EQ_INT(c->lin_v_heads, 0);
+}
+
+TEST(test_hybrid_bad_params) {
+    const char *path = tmp_path("hbad.sluice");
+    struct synth_params p = tiny_hybrid();
+    p.cfg.lin_v_heads = 3; /* not a multiple of 2 key heads */
+    expect_bad(&p, path, SL_ERR_ARG, "3 linear value heads");
+    p = tiny_hybrid();
+    p.cfg.lin_k_dim = 0;
+    expect_bad(&p, path, SL_ERR_ARG, "linear attention heads");
+    p = tiny_hybrid();
+    p.cfg.lin_v_dim = 2048;
+    expect_bad(&p, path, SL_ERR_ARG, "above 1024");
+    p = tiny_hybrid();
+    p.cfg.lin_conv = 1;
+    expect_bad(&p, path, SL_ERR_ARG, "conv kernel 1");
+    p = tiny_hybrid();
+    p.cfg.rope_dim = 3;
+    expect_bad(&p, path, SL_ERR_ARG, "rotary dims 3");
+    p = tiny_hybrid();
+    p.cfg.shared_ffn = 0;
+    expect_bad(&p, path, SL_ERR_ARG, "shared expert");
+    p = tiny_hybrid();
+    p.cfg.attn_gate = 0;
+    expect_bad(&p, path, SL_ERR_ARG, "attn_gate");
+    p = tiny_hybrid();
+    p.cfg.layer_is_moe[1] = 0;
+    p.cfg.ffn = 64;
+    expect_bad(&p, path, SL_ERR_ARG, "layer 1 is dense");
+    p = tiny_hybrid();
+    p.cfg.shared_ffn = 48; /* q8 rows need multiples of 32 */
+    p.dense_dtype = SL_DTYPE_Q8;
+    expect_bad(&p, path, SL_ERR_ARG, "shared ffn is 48");
+    p = tiny_hybrid();
+    snprintf(p.cfg.model_type, sizeof p.cfg.model_type, "qwen3_next");
+    expect_bad(&p, path, SL_ERR_UNSUPPORTED, "qwen3_next");
 }
 
 TEST_MAIN()

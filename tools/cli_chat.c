@@ -114,8 +114,8 @@ static int chat_turn(struct chat_state *cs, const char *line) {
         return 0;
     }
     /* reuse the context when everything it holds is a prefix of the prompt */
-    size_t keep = cs->n_toks <= n_ids && !memcmp(cs->toks, ids, cs->n_toks * sizeof *ids) &&
-                          cs->n_toks < n_ids
+    size_t keep = cs->n_toks && cs->n_toks < n_ids &&
+                          !memcmp(cs->toks, ids, cs->n_toks * sizeof *ids)
                       ? cs->n_toks
                       : 0;
     if (!keep) {

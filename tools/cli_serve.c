@@ -47,6 +47,7 @@ struct server {
     unsigned long long next_id;
     pthread_mutex_t mu;
     uint64_t http_errors;
+    uint64_t n_seeds;
 };
 
 /* Per-connection state across the access handler's calls. */
@@ -305,9 +306,19 @@ static int parse_gen(struct server *srv, const cJSON *body, struct gen_req *g, s
     d = 0;
     if (get_num(body, "top_k", 0, 1e9, 1, &d, b)) return -1;
     g->p.sampler.top_k = (int32_t)d;
-    d = -1;
+    const cJSON *seed = cJSON_GetObjectItemCaseSensitive(body, "seed");
+    d = 0;
     if (get_num(body, "seed", -9.2e18, 9.2e18, 1, &d, b)) return -1;
-    if (d != -1) g->p.sampler.seed = (uint64_t)(int64_t)d;
+    if (seed && !cJSON_IsNull(seed)) {
+        g->p.sampler.seed = (uint64_t)(int64_t)d;
+    } else { /* no seed: a different one per request, like OpenAI's */
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        pthread_mutex_lock(&srv->mu);
+        uint64_t k = ++srv->n_seeds;
+        pthread_mutex_unlock(&srv->mu);
+        g->p.sampler.seed = ((uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 30)) + k * 0x9E3779B97F4A7C15ull;
+    }
     d = 1;
     if (get_num(body, "n", 1, 1, 1, &d, b)) return badf(b, "n", "only n = 1 is supported");
     if (get_bool(body, "stream", &g->stream, b)) return -1;
@@ -683,13 +694,16 @@ static enum MHD_Result handle_generate(struct server *srv, struct MHD_Connection
 static enum MHD_Result handle_metrics(struct server *srv, struct MHD_Connection *c) {
     struct sched_metrics m;
     sched_get_metrics(srv->sched, &m);
+    pthread_mutex_lock(&srv->mu);
+    unsigned long long http_errors = (unsigned long long)srv->http_errors;
+    pthread_mutex_unlock(&srv->mu);
     struct sbuf b = {0};
 #define METRIC(name, type, help, fmt, val) \
     sb_printf(&b, "# HELP sluice_" name " " help "\n# TYPE sluice_" name " " type "\nsluice_" name " " fmt "\n", val)
     METRIC("requests_total", "counter", "Generation requests accepted.", "%llu", (unsigned long long)m.requests);
     METRIC("requests_finished_total", "counter", "Generation requests finished.", "%llu", (unsigned long long)m.finished);
     METRIC("requests_rejected_total", "counter", "Requests refused with 429 (busy).", "%llu", (unsigned long long)m.rejected_busy);
-    METRIC("http_errors_total", "counter", "Responses with a 4xx/5xx status.", "%llu", (unsigned long long)srv->http_errors);
+    METRIC("http_errors_total", "counter", "Responses with a 4xx/5xx status.", "%llu", http_errors);
     METRIC("prompt_tokens_total", "counter", "Prompt tokens submitted.", "%llu", (unsigned long long)m.prompt_tokens);
     METRIC("prompt_tokens_cached_total", "counter", "Prompt tokens reused from the prefix cache.", "%llu", (unsigned long long)m.cached_prompt_tokens);
     METRIC("generated_tokens_total", "counter", "Tokens generated.", "%llu", (unsigned long long)m.generated_tokens);

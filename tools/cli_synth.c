@@ -1,7 +1,7 @@
 /*
- * cli_synth.c — `sluice synth`: writes a synthetic qwen3_moe model from a
- * preset (src/synth.h). Argument parsing and messages only; the generator
- * is the library's.
+ * cli_synth.c — `sluice synth`: writes a synthetic qwen3_moe or
+ * qwen3_5_moe (hybrid) model from a preset (src/synth.h). Argument
+ * parsing and messages only; the generator is the library's.
  *
  * Output: the model file; on stderr, per-layer routing statistics (unless
  * --quiet) and one summary line that depends only on the arguments and the
@@ -25,6 +25,8 @@ static void synth_usage(void) {
             "                    [--skew GINI] [--seed S] [--tokenizer FILE]"
             " [--quiet]\n"
             "  presets: %s\n"
+            "  (tiny-hybrid, a17b, a3b35: qwen3_5_moe hybrid; --layers keeps\n"
+            "   3 linear : 1 full attention, layer i full iff (i+1) %% 4 == 0)\n"
             "  --skew: median target Gini of expert usage per layer, in "
             "[0, %.2f); 0 = uniform\n"
             "  OUT defaults to NAME.sluice\n",
@@ -127,11 +129,11 @@ int cli_synth(int argc, char **argv) {
     }
     const struct sl_config *c = &p.cfg;
     fprintf(stderr,
-            "sluice synth: %s -> %s: qwen3_moe, %u layers, hidden %u, %u "
+            "sluice synth: %s -> %s: %s, %u layers, hidden %u, %u "
             "experts top-%u, experts %s, dense %s, seed %llu, skew %.2f "
             "(gini %.3f..%.3f, median %.3f%s): %.3f GB (experts %.3f GB, "
             "dense %.3f GB) in %.1f s\n",
-            preset, out, c->n_layers, c->hidden, c->n_experts,
+            preset, out, c->model_type, c->n_layers, c->hidden, c->n_experts,
             c->n_experts_used, sl_dtype_name(p.expert_dtype),
             sl_dtype_name(p.dense_dtype), (unsigned long long)p.seed,
             (double)p.skew, r.gini_min, r.gini_max, r.gini_median,

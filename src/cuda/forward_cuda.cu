@@ -28,8 +28,45 @@
 
 #include "cuda/internal.cuh"
 
+/* Decode: rmsnorm + q/k/v in one launch when the three share a dense
+ * format; 1 if done, 0 to take the separate kernels, < 0 a status. */
+static int qkv_fused(struct cuda_ctx *cc, const struct sl_config *c, const struct layer_weights *L,
+                     const struct gpu_layer *g) {
+    if (L->wq.dtype != L->wk.dtype || L->wq.dtype != L->wv.dtype ||
+        !cuda_tune("SLUICE_CUDA_QKV", 1))
+        return 0;
+    int nf = cuda_tune("SLUICE_CUDA_NORMFUSE", 1), st;
+    if (!nf && (st = rmsnorm_cuda(cc->stream, cc->x, g->attn_norm, cc->xb, 1, (int)c->hidden,
+                                  c->rms_eps)))
+        return -st;
+    const void *w[3] = {g->wq, g->wk, g->wv};
+    float *y[3] = {cc->q, cc->kb, cc->vb};
+    const float *b[3] = {g->bq, g->bk, g->bv};
+    int rows[3] = {(int)config_q_dim(c), (int)config_kv_dim(c), (int)config_kv_dim(c)};
+    st = matvec_multi_cuda(cc->stream, L->wq.dtype, 3, w, y, b, rows, (int)c->hidden,
+                           nf ? cc->x : cc->xb, nf ? g->attn_norm : NULL, c->rms_eps, NULL);
+    return st == SL_OK ? 1 : st == SL_ERR_UNSUPPORTED ? 0 : -st;
+}
+
+/* Decode: the ffn rmsnorm fused into the router matvec (xn also written to
+ * cc->xb for the experts); 1 if done, 0 to run them apart, < 0 a status. */
+static int router_fused(struct cuda_ctx *cc, const struct sl_config *c,
+                        const struct layer_weights *L, const struct gpu_layer *g) {
+    if (!cuda_tune("SLUICE_CUDA_NORMFUSE", 1)) return 0;
+    const void *w[1] = {g->router};
+    float *y[1] = {cc->router};
+    const float *b[1] = {g->router_b};
+    int rows[1] = {(int)c->n_experts};
+    int st = matvec_multi_cuda(cc->stream, L->router.dtype, 1, w, y, b, rows, (int)c->hidden,
+                               cc->x, g->ffn_norm, c->rms_eps, cc->xb);
+    return st == SL_OK ? 1 : st == SL_ERR_UNSUPPORTED ? 0 : -st;
+}
+
+/* Attention and the residual, then the ffn rmsnorm into cc->xb. With
+ * router_done (decode MoE layers) the rmsnorm is fused into the router
+ * matvec when the router's format allows: *router_done = 1 then. */
 static int attention_block(struct cuda_model *cm, struct cuda_ctx *cc, struct sl_context *ctx,
-                           uint32_t l, int n) {
+                           uint32_t l, int n, int *router_done) {
     const struct sl_model *m = ctx->model;
     const struct sl_config *c = &m->cfg;
     const struct layer_weights *L = &m->layers[l];
@@ -39,20 +76,29 @@ static int attention_block(struct cuda_model *cm, struct cuda_ctx *cc, struct sl
     int hd = (int)c->head_dim, qd = (int)config_q_dim(c), kvd = (int)config_kv_dim(c), st;
     uint64_t lay = (uint64_t)l * ctx->n_ctx * kvd;
     int qk = c->qk_norm == SL_QK_NORM_HEAD;
-    if ((st = rmsnorm_cuda(s, cc->x, g->attn_norm, cc->xb, n, hid, c->rms_eps)) ||
-        (st = matmul_cuda(s, L->wq.dtype, g->wq, cc->xb, cc->q, n, qd, hid, g->bq, 0)) ||
-        (st = matmul_cuda(s, L->wk.dtype, g->wk, cc->xb, cc->kb, n, kvd, hid, g->bk, 0)) ||
-        (st = matmul_cuda(s, L->wv.dtype, g->wv, cc->xb, cc->vb, n, kvd, hid, g->bv, 0)) ||
-        (st = qk_rope_store_cuda(s, cc->q, cc->kb, cc->vb, cc->k_cache + lay, cc->v_cache + lay,
+    int fused = n == 1 ? qkv_fused(cc, c, L, g) : 0;
+    if (fused < 0) return -fused;
+    if (!fused &&
+        ((st = rmsnorm_cuda(s, cc->x, g->attn_norm, cc->xb, n, hid, c->rms_eps)) ||
+         (st = matmul_cuda(s, L->wq.dtype, g->wq, cc->xb, cc->q, n, qd, hid, g->bq, 0)) ||
+         (st = matmul_cuda(s, L->wk.dtype, g->wk, cc->xb, cc->kb, n, kvd, hid, g->bk, 0)) ||
+         (st = matmul_cuda(s, L->wv.dtype, g->wv, cc->xb, cc->vb, n, kvd, hid, g->bv, 0))))
+        return st;
+    if ((st = qk_rope_store_cuda(s, cc->q, cc->kb, cc->vb, cc->k_cache + lay, cc->v_cache + lay,
                                  cc->d_io, n, nh, nkv, hd, qk ? g->q_norm : NULL,
                                  qk ? g->k_norm : NULL, c->rms_eps, cm->d_inv_freq)) ||
         (st = attention_cuda(s, cc->q, cc->k_cache + lay, cc->v_cache + lay, cc->att, cc->scores,
                              cc->d_io, n, nh, nkv, hd, (int)ctx->n_ctx,
                              1.0f / sqrtf((float)hd))) ||
-        (st = matmul_cuda(s, L->wo.dtype, g->wo, cc->att, cc->x, n, hid, qd, g->bo, 1)) ||
-        (st = rmsnorm_cuda(s, cc->x, g->ffn_norm, cc->xb, n, hid, c->rms_eps)))
+        (st = matmul_cuda(s, L->wo.dtype, g->wo, cc->att, cc->x, n, hid, qd, g->bo, 1)))
         return st;
-    return SL_OK;
+    if (router_done) {
+        int f = router_fused(cc, c, L, g);
+        if (f < 0) return -f;
+        *router_done = f;
+        if (f) return SL_OK; /* router logits and cc->xb written */
+    }
+    return rmsnorm_cuda(s, cc->x, g->ffn_norm, cc->xb, n, hid, c->rms_eps);
 }
 
 /* Streaming MoE: the host groups the selections by expert; the GPU cache
@@ -139,15 +185,15 @@ static int moe_streaming(struct cuda_model *cm, struct cuda_ctx *cc, struct sl_c
 }
 
 static int moe_block(struct cuda_model *cm, struct cuda_ctx *cc, struct sl_context *ctx,
-                     uint32_t l, int n) {
+                     uint32_t l, int n, int router_done) {
     const struct sl_model *m = ctx->model;
     const struct sl_config *c = &m->cfg;
     const struct gpu_layer *g = &cm->layers[l];
     cudaStream_t s = cc->stream;
     int k = (int)c->n_experts_used, ne = (int)c->n_experts, hid = (int)c->hidden, st;
     uint8_t *const *table = cm->gc.all_resident ? cm->gc.d_table + (uint64_t)l * ne : NULL;
-    if ((st = matmul_cuda(s, m->layers[l].router.dtype, g->router, cc->xb, cc->router, n, ne, hid,
-                          g->router_b, 0)) ||
+    if ((!router_done && (st = matmul_cuda(s, m->layers[l].router.dtype, g->router, cc->xb,
+                                           cc->router, n, ne, hid, g->router_b, 0))) ||
         (st = route_cuda(s, cc->router, n, ne, k, c->router_kind, c->norm_topk_prob,
                          cc->topk_ids, cc->topk_w, table, g->off, cc->items, cc->sel,
                          cc->n_items)))
@@ -190,9 +236,12 @@ static int enqueue_forward(struct cuda_model *cm, struct cuda_ctx *cc, struct sl
     int hid = (int)c->hidden, st;
     if ((st = embed_cuda(s, m->embed.dtype, cm->embed, cc->d_io + 1, cc->x, n, hid))) return st;
     for (uint32_t l = 0; l < c->n_layers; l++) {
-        if ((st = attention_block(cm, cc, ctx, l, n))) return st;
+        int router_done = 0;
+        if ((st = attention_block(cm, cc, ctx, l, n,
+                                  n == 1 && c->layer_is_moe[l] ? &router_done : NULL)))
+            return st;
         if (c->layer_is_moe[l]) {
-            if ((st = moe_block(cm, cc, ctx, l, n))) return st;
+            if ((st = moe_block(cm, cc, ctx, l, n, router_done))) return st;
         } else {
             const struct gpu_layer *g = &cm->layers[l];
             moe_item one = {(const uint8_t *)g->w_gate, (const uint8_t *)g->w_up,

@@ -36,6 +36,11 @@ int cuda_fail(cudaError_t e, const char *what);
         if (e_ != cudaSuccess) return cuda_fail(e_, #call);               \
     } while (0)
 
+/* Tuning knob `name` from the environment (an integer), else dflt: kernel
+ * variants for measurement (docs/cuda.md); read when a launch is enqueued
+ * (a decode graph keeps the variants it was captured with). */
+int cuda_tune(const char *name, int dflt);
+
 /* One expert's work in a MoE launch. */
 struct moe_item {
     const uint8_t *gate, *up, *down; /* device rows of the three matrices */
@@ -55,6 +60,53 @@ struct ffn_shape {
     int aligned_gu, aligned_down;    /* rows 16-byte aligned */
 };
 
+/* Arguments of the decode matvec kernel (ops_cuda.cu). */
+struct mv_args {
+    const uint8_t *W[3];
+    float *y[3];
+    const float *bias[3];
+    int rows[3], nseg;
+    uint64_t rb;
+    int cols, accumulate;
+    const float *nw; /* rmsnorm weight (cols) or NULL */
+    float eps;
+    float *xn_out;   /* the normalised x (cols) or NULL */
+};
+
+/* One segment of an mv_args. */
+struct mv_seg {
+    const uint8_t *W;
+    float *y;
+    const float *bias;
+    int rows;
+};
+
+/* The segment holding stacked row *r, *r made relative to it (past the
+ * last segment: the last one, *r >= its rows). Constant indices only: a
+ * dynamically indexed kernel parameter array would be copied to local
+ * memory by every thread. */
+__host__ __device__ inline mv_seg mv_seg_pick(const mv_args &a, int *r) {
+    mv_seg s = {a.W[0], a.y[0], a.bias[0], a.rows[0]};
+    if (a.nseg > 1 && *r >= s.rows) {
+        *r -= s.rows;
+        s = mv_seg{a.W[1], a.y[1], a.bias[1], a.rows[1]};
+        if (a.nseg > 2 && *r >= s.rows) {
+            *r -= s.rows;
+            s = mv_seg{a.W[2], a.y[2], a.bias[2], a.rows[2]};
+        }
+    }
+    return s;
+}
+
+/* Decode (one token) y_i (rows[i]) = w_i · xn (+ bias_i) for nseg <= 3
+ * matrices of one dense dtype (BF16, F16, F32; 16-byte aligned rows) and
+ * cols in ONE launch, xn = rmsnorm(x) * norm_w when norm_w is given (then
+ * also written to x_norm_out when that is not NULL), else x. Returns
+ * SL_ERR_UNSUPPORTED without a message when the formats do not qualify (the
+ * caller then runs rmsnorm_cuda + matmul_cuda). */
+int matvec_multi_cuda(cudaStream_t s, int dtype, int nseg, const void *const w[],
+                      float *const y[], const float *const bias[], const int rows[], int cols,
+                      const float *x, const float *norm_w, float eps, float *x_norm_out);
 /* Y (n, rows) = X (n, cols) · Wᵀ (+ bias) (+ Y when accumulate). */
 int matmul_cuda(cudaStream_t s, int dtype, const void *w, const float *X, float *Y, int n,
                 int rows, int cols, const float *bias, int accumulate);

@@ -51,5 +51,9 @@ cmp -s "$T/a.sluice" "$T/b.sluice" && ok || bad "same arguments, different bytes
 expect 0 "3 layers.*experts q8, dense f32.*seed 7" -- $S synth --preset tiny --layers 3 --experts q8 --dense f32 --seed 7 --skew 0.2 --quiet -o "$T/c.sluice"
 cmp -s "$T/a.sluice" "$T/c.sluice" && bad "different arguments, same bytes" || ok
 
+# hybrid (qwen3_5_moe) preset: written, opened and evaluated by the engine
+expect 0 "tiny-hybrid -> .*qwen3_5_moe_text, 6 layers" -- $S synth --preset tiny-hybrid --layers 6 --quiet -o "$T/h.sluice"
+$S logits -m "$T/h.sluice" --tokens 1,2,3 -o "$T/h.f32" >/dev/null 2>"$T/err" && [ "$(stat -c %s "$T/h.f32")" -eq $((3 * 256 * 4)) ] && ok || bad "logits on tiny-hybrid: $(head -c 300 "$T/err")"
+
 echo "tests/cli/synth.sh: $pass passed, $fail failed"
 [ "$fail" -eq 0 ]

@@ -60,61 +60,62 @@ class Pty:
             pid, st = os.waitpid(self.pid, os.WNOHANG)
             if pid:
                 return os.waitstatus_to_exitcode(st)
-            try:
-                os.read(self.fd, 4096)
-            except OSError:
-                pass
-            time.sleep(0.05)
+            r, _, _ = select.select([self.fd], [], [], 0.05)
+            if r:
+                try:
+                    os.read(self.fd, 4096)
+                except OSError:
+                    time.sleep(0.05)
         os.kill(self.pid, 9)
         return None
 
 
 def main():
     p = Pty("-m", MODEL, "--temp", "0", "-n", "12", "--system", "You are terse.")
-    check(p.read_until(b"> ") is not None, "no prompt at start")
+    check(p.read_until(b"\r\n> ") is not None, "no prompt at start")
     p.send("Tell me about the king\r")
-    out = p.read_until(b"> ")
+    out = p.read_until(b"\r\n> ")
     check(out is not None and len(out.strip()) > len("Tell me about the king") + 2, f"answer: {out!r}")
     first = out
     # readline history: Up twice (past /reset) + Enter repeats the question;
     # the same greedy answer from a fresh conversation
     p.send("/reset\r")
-    out = p.read_until(b"> ")
+    out = p.read_until(b"\r\n> ")
     check(out and b"conversation reset" in out, f"/reset: {out!r}")
     p.send("\x1b[A\x1b[A\r")
-    out = p.read_until(b"> ")
+    out = p.read_until(b"\r\n> ")
     check(out and b"Tell me about the king" in out and first.split(b"\n", 1)[-1] in out,
           f"history recall + same answer after /reset: {out!r} vs {first!r}")
     p.send("/stats\r")
-    out = p.read_until(b"> ")
+    out = p.read_until(b"\r\n> ")
     check(out and b"generated 24 tokens" in out and b"tok/s" in out and b"expert cache" in out,
           f"/stats: {out!r}")
     for cmd in ("/save conv.bin", "/load conv.bin"):
         p.send(cmd + "\r")
-        out = p.read_until(b"> ")
+        out = p.read_until(b"\r\n> ")
         check(out and b"not available until state save/load lands" in out, f"{cmd}: {out!r}")
     p.send("/frobnicate\r")
-    out = p.read_until(b"> ")
+    out = p.read_until(b"\r\n> ")
     check(out and b"unknown command" in out, f"unknown command: {out!r}")
     p.send("/system Answer in French.\r")
-    out = p.read_until(b"> ")
+    out = p.read_until(b"\r\n> ")
     check(out and b"system prompt set" in out, f"/system: {out!r}")
-    check(p.wait(0.01) is None, "the session died")
+    check(os.waitpid(p.pid, os.WNOHANG)[0] == 0, "the session died")
     p.send(b"\x04")
     rc = p.wait()
     check(rc == 0, f"Ctrl-D exit status {rc}")
 
     # Ctrl-C stops a long answer; the session goes on
     p = Pty("-m", MODEL, "--temp", "0", "-n", "400", "--ignore-eos")
-    p.read_until(b"> ")
+    p.read_until(b"\r\n> ")
     p.send("Tell me a very long story\r")
     p.read_until(b"Tell me a very long story")
     time.sleep(0.3)
     p.send(b"\x03")
-    out = p.read_until(b"> ", timeout=30)
+    out = p.read_until(b"\r\n> ", timeout=30)
     check(out is not None and b"[interrupted]" in out, f"Ctrl-C: {out!r}")
     p.send("/stats\r")
-    out = p.read_until(b"> ")
+    out = p.read_until(b"\r\n> ")
     gen = None
     if out and b"generated " in out:
         gen = int(out.split(b"generated ")[1].split(b" ")[0])

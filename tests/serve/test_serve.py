@@ -157,6 +157,9 @@ def test_basic(s):
     a = [cl.completions.create(model="demo", prompt="Once upon a time", max_tokens=10, temperature=1,
                                top_p=0.9, seed=7, extra_body={"top_k": 50}).choices[0].text for _ in range(2)]
     check(a[0] == a[1], f"seeded samples differ: {a}")
+    u = [cl.completions.create(model="demo", prompt="Once upon a time", max_tokens=16,
+                               temperature=1).choices[0].text for _ in range(2)]
+    check(u[0] != u[1], f"unseeded samples are identical: {u}")
     # stop sequences: the greedy text cut before the first occurrence
     base = cl.completions.create(model="demo", prompt="Once upon a time", max_tokens=30,
                                  temperature=0).choices[0].text
