@@ -145,7 +145,7 @@ fuzz-build:
 	$(MAKE) CC=clang BUILD=build/fuzz OPT=-O1 SAN="$(FUZZ_SAN)" NO_CUDA=1 \
 	  $(FUZZ_SRC:tests/fuzz/%.c=build/fuzz/%)
 $(BUILD)/fuzz_%: tests/fuzz/fuzz_%.c $(LIB)
-	$(CC) $(CFLAGS) -fsanitize=fuzzer $(DEPFLAGS) -MF $@.d $< $(LIB) $(LDLIBS) -o $@
+	$(CC) $(CFLAGS) -fsanitize=fuzzer $(DEPFLAGS) -MF $@.d $< $(LIB) $(LDLIBS) $(TOOL_LDLIBS) -o $@
 
 # format: clang-format every C source in place
 format:
