@@ -15,7 +15,9 @@
  * product is computed the same way whatever the other tokens of its group,
  * so outputs do not depend on how tokens are grouped per expert.
  *
- * Not here: scheduling, the expert cache, the model (forward_cuda.cu).
+ * Not here: the one-token decode kernels (ops_decode_cuda.cu; shared
+ * helpers in ops_cuda_dev.cuh), scheduling, the expert cache, the model
+ * (forward_cuda.cu).
  */
 #include <cuda_fp16.h>
 #include <math.h>

@@ -38,8 +38,8 @@ int cuda_test_route(const float *logits, int n, int ne, int k, int kind, int nor
                     float *w);
 /* The routed-expert path: ne records of record_bytes (gate, up, down at
  * off[0..2]) in dtypes dt_gu, dt_down; x (n, hidden) += sum of the
- * selections (ids, w: (n, k)) through plan (n > 1) or the decode items
- * (n == 1), gate/up, down, combine. */
+ * selections (ids, w: (n, k)) through plan, gate/up, then down + combine
+ * (n > 1) or the fused decode down + combine (n == 1). */
 int cuda_test_moe(const void *records, uint64_t record_bytes, const uint64_t off[3], int ne,
                   int dt_gu, int dt_down, int hidden, int ffn, const int32_t *ids,
                   const float *w, int n, int k, float *x);
