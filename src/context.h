@@ -1,5 +1,6 @@
 /*
- * context.h — a context: one sequence's KV cache, the activation buffers of
+ * context.h — a context: its sequences' KV caches (context_seq.c binds one
+ * at a time), the activation buffers of
  * the forward pass (allocated once; the forward pass never allocates), the
  * thread pool and the counters. Owned by the caller of sl_context_create;
  * borrows the model, which must outlive it.

@@ -3,8 +3,8 @@
  * positions, recurrent-state checkpoints, forking into another context, and
  * the saved-state image (sl_state_*; docs/api.md).
  *
- * What it is not: the forward pass (forward.c) or several sequences in one
- * context (a context holds one sequence; fork with sl_context_copy).
+ * What it is not: the forward pass (forward.c) or the bookkeeping of several
+ * sequences (context_seq.c): everything here acts on the bound sequence.
  *
  * Invariants:
  *   - ctx->tokens[0 .. n_past) are the ids behind every cached position.
