@@ -13,15 +13,18 @@
  *
  * One run is a seeded sequence of episodes: a random prompt (1..32 ids),
  * then sampled tokens (seeded sampler); at random points the sequence is
- * truncated to a random prefix (sl_context_reset, then the prefix is
- * evaluated again as one batch); a full context truncates too. Every 7th
+ * truncated to a random prefix (sl_context_truncate, then its last token is
+ * evaluated again for fresh logits); a full context truncates too. In the
+ * checked run only, about every 97th step saves the state to a file, resets
+ * the context and loads the state back (sl_state_save / sl_state_load), so
+ * the reference run proves the round trip changed nothing. Every 7th
  * episode frees the context and creates a new one; every 29th closes and
  * reopens the model. The run hashes every logits vector (FNV-1a); the soak
  * run (tiny cache) must produce exactly the reference run's hashes and
  * tokens. Exits 0 when outputs match and RSS stayed in budget.
  *
  * Not a CI test (minutes, and RSS depends on the allocator); not yet
- * covered: state save/load (no such API yet) and file truncation mid-run.
+ * covered: file truncation mid-run (tests/test_faults.c has it).
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -40,6 +43,7 @@ struct run_out {
     uint64_t *hashes; /* (n_tokens) FNV-1a of each logits vector */
     int32_t *tokens;  /* (n_tokens) the token evaluated at each step */
     size_t n;
+    size_t n_state_roundtrips; /* save -> reset -> load cycles */
     long rss_after_warmup_kib, rss_max_kib;
     double seconds;
     struct sl_stats stats;
@@ -69,7 +73,7 @@ static int die(const char *what) {
 
 /* Generates n_tokens under mp; fills *o. */
 static int run(const char *path, const struct sl_model_params *mp, size_t n_tokens,
-               uint64_t seed, struct run_out *o) {
+               uint64_t seed, const char *state_path, struct run_out *o) {
     memset(o, 0, sizeof *o);
     o->hashes = calloc(n_tokens, sizeof *o->hashes);
     o->tokens = calloc(n_tokens, sizeof *o->tokens);
@@ -119,11 +123,20 @@ static int run(const char *path, const struct sl_model_params *mp, size_t n_toke
                 if (r > o->rss_max_kib) o->rss_max_kib = r;
             }
             if (len == N_CTX || rng_next(&rng) % 64 == 0) {
-                /* truncate to a random prefix: reset, evaluate it again */
+                /* truncate to a random prefix (sl_context_truncate), then
+                 * evaluate its last token again for fresh logits */
                 len = 1 + (uint32_t)(rng_next(&rng) % len);
-                sl_context_reset(ctx);
-                if (sl_eval(ctx, seq, len, NULL)) return die("re-evaluate prefix");
+                if (sl_context_truncate(ctx, len - 1)) return die("truncate");
+                if (sl_eval(ctx, &seq[len - 1], 1, NULL)) return die("re-evaluate last token");
                 continue;
+            }
+            /* save the state, forget everything, load it back: only in the
+             * checked run, so the reference run proves it changed nothing */
+            if (rng_next(&rng) % 97 == 0 && state_path) {
+                if (sl_state_save(ctx, state_path)) return die("state save");
+                sl_context_reset(ctx);
+                if (sl_state_load(ctx, state_path)) return die("state load");
+                o->n_state_roundtrips++;
             }
             seq[len++] = id;
             if (sl_eval(ctx, &id, 1, NULL)) return die("decode");
@@ -183,9 +196,17 @@ int main(int argc, char **argv) {
     ref_p.ram_cache_bytes = SL_RAM_CACHE_ALL;
     soak_p.ram_cache_bytes = (uint64_t)cache_records * record;
     struct run_out ref, got;
-    if (run(model, &ref_p, n_tokens, seed, &ref)) return 1;
+    char state_dir[] = "/tmp/soak_state.XXXXXX", state_path[sizeof state_dir + 16];
+    if (!mkdtemp(state_dir)) return die("mkdtemp");
+    snprintf(state_path, sizeof state_path, "%s/state", state_dir);
+    if (run(model, &ref_p, n_tokens, seed, NULL, &ref)) return 1;
     printf("soak: reference (all experts resident): %zu tokens in %.1f s\n", ref.n, ref.seconds);
-    if (run(model, &soak_p, n_tokens, seed, &got)) return 1;
+    int rc_got = run(model, &soak_p, n_tokens, seed, state_path, &got);
+    unlink(state_path);
+    rmdir(state_dir);
+    if (rc_got) return 1;
+    printf("soak: %zu state save/reset/load round trips in the checked run\n",
+           got.n_state_roundtrips);
     printf("soak: tiny cache (%ld records, %.1f KiB): %zu tokens in %.1f s; last context: "
            "%llu hits, %llu misses, %llu evictions, peak %.1f KiB cached\n",
            cache_records, soak_p.ram_cache_bytes / 1024.0, got.n, got.seconds,
