@@ -30,6 +30,7 @@
 #include <unistd.h>
 
 #include "sluice.h"
+#include "golden.h"
 #include "test.h"
 
 #define FX_ROOT_DEFAULT "tests/fixtures/qwen3_moe"
@@ -39,25 +40,6 @@
 static const char *fx_root(void) {
     const char *r = getenv("SLUICE_FIXTURES");
     return r && *r ? r : FX_ROOT_DEFAULT;
-}
-
-static char *read_all(const char *path, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    char *buf = NULL;
-    long n = -1;
-    if (fseek(f, 0, SEEK_END) == 0) n = ftell(f);
-    if (n >= 0 && fseek(f, 0, SEEK_SET) == 0) buf = malloc((size_t)n + 1);
-    if (buf && fread(buf, 1, (size_t)n, f) != (size_t)n) {
-        free(buf);
-        buf = NULL;
-    }
-    fclose(f);
-    if (buf) {
-        buf[n] = 0;
-        *len = (size_t)n;
-    }
-    return buf;
 }
 
 /* One fixture: config numbers, prompt, greedy reference, logits. */
@@ -90,7 +72,7 @@ static int fixture_load(const char *name, struct fixture *fx) {
     size_t len;
     int nv = 0, ok;
     snprintf(p, sizeof p, "%s/config.json", fx->dir);
-    char *txt = read_all(p, &len);
+    char *txt = golden_read_all(p, &len);
     cJSON *j = txt ? cJSON_ParseWithLength(txt, len) : NULL;
     ok = json_int(j, "vocab_size", &nv) && json_int(j, "num_experts_per_tok", &fx->k) &&
          (json_int(j, "num_experts", &fx->ne) || json_int(j, "num_local_experts", &fx->ne));
@@ -99,7 +81,7 @@ static int fixture_load(const char *name, struct fixture *fx) {
     free(txt);
     if (!ok) return 0;
     snprintf(p, sizeof p, "%s/generated.json", fx->dir);
-    txt = read_all(p, &len);
+    txt = golden_read_all(p, &len);
     j = txt ? cJSON_ParseWithLength(txt, len) : NULL;
     ok = json_ids(cJSON_GetObjectItemCaseSensitive(j, "prompt"), fx->prompt, N_PROMPT) &&
          json_ids(cJSON_GetObjectItemCaseSensitive(j, "generated"), fx->gen, N_GEN);
@@ -107,7 +89,7 @@ static int fixture_load(const char *name, struct fixture *fx) {
     free(txt);
     if (!ok) return 0;
     snprintf(p, sizeof p, "%s/logits.f32", fx->dir);
-    fx->logits = (float *)read_all(p, &len);
+    fx->logits = (float *)golden_read_all(p, &len);
     return fx->logits && len == (size_t)N_PROMPT * fx->n_vocab * sizeof(float);
 }
 
@@ -164,23 +146,6 @@ __attribute__((unused)) static struct sl_model *open_dev(const char *path, int d
     return m;
 }
 
-__attribute__((unused)) static double cosine(const float *a, const float *b, size_t n) {
-    double ab = 0, aa = 0, bb = 0;
-    for (size_t i = 0; i < n; i++) {
-        ab += (double)a[i] * b[i];
-        aa += (double)a[i] * a[i];
-        bb += (double)b[i] * b[i];
-    }
-    return aa > 0 && bb > 0 ? ab / sqrt(aa * bb) : 0.0;
-}
-
-static int32_t argmax(const float *x, size_t n) {
-    size_t best = 0;
-    for (size_t i = 1; i < n; i++)
-        if (x[i] > x[best]) best = i;
-    return (int32_t)best;
-}
-
 /* Prompt with all logits into all (N_PROMPT, V), then n_gen greedy steps
  * (their tokens into gen, their logits appended to steps (n_gen, V) when
  * not NULL). Returns nonzero on success. */
@@ -196,7 +161,7 @@ static int run_seq(struct sl_model *m, const struct fixture *fx, float *all, int
     int ok = sl_eval(ctx, fx->prompt, N_PROMPT, all) == SL_OK;
     for (int g = 0; ok && g < n_gen; g++) {
         const float *l = sl_logits(ctx);
-        gen[g] = argmax(l, V);
+        gen[g] = golden_argmax(l, V);
         if (steps) memcpy(steps + (size_t)g * V, l, V * sizeof(float));
         if (g + 1 < n_gen) ok = sl_eval(ctx, &gen[g], 1, NULL) == SL_OK;
     }
@@ -506,8 +471,8 @@ TEST(cuda_golden) {
                 CHECK(run_seq(mc, &fx, ac, N_GEN, gc, NULL));
                 double min_t = 1, min_c = 1, mean_c = 0;
                 for (int i = 0; i < N_PROMPT; i++) {
-                    double ct = cosine(ag + i * V, fx.logits + i * V, V);
-                    double cc = cosine(ag + i * V, ac + i * V, V);
+                    double ct = golden_cosine(ag + i * V, fx.logits + i * V, V);
+                    double cc = golden_cosine(ag + i * V, ac + i * V, V);
                     if (!(ct >= min_t)) min_t = ct;
                     if (!(cc >= min_c)) min_c = cc;
                     mean_c += cc / N_PROMPT;
@@ -533,7 +498,7 @@ TEST(cuda_golden) {
                             ms = -1;
                             break;
                         }
-                        double c = cosine(sl_logits(ctx), fx.logits + i * V, V);
+                        double c = golden_cosine(sl_logits(ctx), fx.logits + i * V, V);
                         if (!(c >= ms)) ms = c;
                     }
                     CHECK_MSG(ms >= 0.9999, "%s: stepwise cos %.7f", fx.name, ms);
@@ -543,7 +508,7 @@ TEST(cuda_golden) {
                           * two differ by the CPU's error */
                     double mean_t = 0, want = di == 1 ? 0.995 : 0.99;
                     for (int i = 0; i < N_PROMPT; i++)
-                        mean_t += cosine(ag + i * V, fx.logits + i * V, V) / N_PROMPT;
+                        mean_t += golden_cosine(ag + i * V, fx.logits + i * V, V) / N_PROMPT;
                     CHECK_MSG(mean_t >= want, "%s %s: mean cos vs transformers %.7f < %g",
                               fx.name, sl_dtype_name(dts[di][0]), mean_t, want);
                     CHECK_MSG(mean_c >= 0.99, "%s %s: mean cos vs cpu %.7f", fx.name,

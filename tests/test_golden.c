@@ -33,6 +33,7 @@
 #include <unistd.h>
 
 #include "sluice.h"
+#include "golden.h"
 #include "test.h"
 
 #define FX_ROOT_DEFAULT "tests/fixtures/qwen3_moe"
@@ -241,24 +242,6 @@ static void golden_close(struct golden_model *gm) {
     if (gm->tmpdir[0]) rmdir(gm->tmpdir);
 }
 
-static double cosine(const float *a, const float *b, size_t n) {
-    double ab = 0, aa = 0, bb = 0;
-    for (size_t i = 0; i < n; i++) {
-        ab += (double)a[i] * b[i];
-        aa += (double)a[i] * a[i];
-        bb += (double)b[i] * b[i];
-    }
-    return aa > 0 && bb > 0 ? ab / sqrt(aa * bb) : 0.0;
-}
-
-/* Index of the largest value; ties go to the lower index (as torch). */
-static int32_t argmax(const float *x, size_t n) {
-    size_t best = 0;
-    for (size_t i = 1; i < n; i++)
-        if (x[i] > x[best]) best = i;
-    return (int32_t)best;
-}
-
 static int ctx_new(struct sl_model *model, uint32_t n_ctx,
                    struct sl_context **ctx) {
     struct sl_context_params cp = sl_context_default_params();
@@ -298,11 +281,11 @@ static int golden_run(struct sl_model *model, const struct fixture *fx,
     }
     double sum = 0;
     for (int i = 0; i < N_PROMPT; i++) {
-        double c = cosine(all + i * V, fx->logits + i * V, V);
+        double c = golden_cosine(all + i * V, fx->logits + i * V, V);
         if (!(c >= r->min_cos)) r->min_cos = c; /* NaN sticks */
         sum += c;
         r->top1_agree +=
-            argmax(all + i * V, V) == argmax(fx->logits + i * V, V);
+            golden_argmax(all + i * V, V) == golden_argmax(fx->logits + i * V, V);
     }
     r->mean_cos = sum / N_PROMPT;
     /* The last row is also what sl_logits returns. */
@@ -314,7 +297,7 @@ static int golden_run(struct sl_model *model, const struct fixture *fx,
 
     int prefix = 1;
     for (int g = 0; g < N_GEN && last; g++) {
-        int32_t tok = argmax(last, V);
+        int32_t tok = golden_argmax(last, V);
         r->greedy_equal += tok == fx->gen[g];
         prefix = prefix && tok == fx->gen[g];
         r->greedy_prefix += prefix;
@@ -344,7 +327,7 @@ static double golden_run_stepwise(struct sl_model *model,
             min_cos = -1;
             break;
         }
-        double c = cosine(l, fx->logits + (size_t)i * fx->n_vocab,
+        double c = golden_cosine(l, fx->logits + (size_t)i * fx->n_vocab,
                           fx->n_vocab);
         if (!(c >= min_cos)) min_cos = c;
     }
@@ -473,7 +456,7 @@ TEST(eval_bad_token_range) {
     check_tensor("logits after failed evals vs fresh context", ra, rb,
                  (N_PROMPT - 10) * V, -1, 0.0);
     /* And both still agree with transformers. */
-    double c = cosine(ra + (N_PROMPT - 11) * V,
+    double c = golden_cosine(ra + (N_PROMPT - 11) * V,
                       fx.logits + (N_PROMPT - 1) * V, V);
     CHECK_MSG(c >= 0.9999, "last row cosine %.7f", c);
     free(ra);
@@ -508,7 +491,7 @@ TEST(eval_context_full) {
     const float *l = sl_logits(ctx);
     CHECK(l != NULL);
     if (l) {
-        double c = cosine(l, fx.logits + 7 * fx.n_vocab, fx.n_vocab);
+        double c = golden_cosine(l, fx.logits + 7 * fx.n_vocab, fx.n_vocab);
         CHECK_MSG(c >= 0.9999, "row 7 cosine %.7f", c);
     }
     /* After a reset the whole window is free again. */

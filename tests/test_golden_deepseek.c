@@ -37,36 +37,13 @@
 #include "quant.h"
 #include "safetensors.h"
 #include "sluice.h"
+#include "golden.h"
 #include "test.h"
 #include "util.h"
 
 #define N_PROMPT 40
 #define N_GEN 16
 #define FX_MAX 16
-
-static const char *fx_root(void) {
-    const char *r = getenv("SLUICE_FIXTURES_ROOT");
-    return r && *r ? r : "tests/fixtures";
-}
-
-static char *read_all(const char *path, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = n >= 0 ? malloc((size_t)n + 1) : NULL;
-    if (buf && fread(buf, 1, (size_t)n, f) != (size_t)n) {
-        free(buf);
-        buf = NULL;
-    }
-    fclose(f);
-    if (buf) {
-        buf[n] = 0;
-        *len = (size_t)n;
-    }
-    return buf;
-}
 
 struct fixture {
     char dir[512];
@@ -76,86 +53,24 @@ struct fixture {
     double attention_scaling;
 };
 
-static int json_ids(const cJSON *a, int32_t *out, int n) {
-    if (!cJSON_IsArray(a) || cJSON_GetArraySize(a) != n) return 0;
-    for (int i = 0; i < n; i++) out[i] = (int32_t)cJSON_GetArrayItem(a, i)->valuedouble;
-    return 1;
-}
-
 static int fixture_load(const char *name, struct fixture *fx) {
     memset(fx, 0, sizeof *fx);
-    snprintf(fx->dir, sizeof fx->dir, "%s/deepseek_v3/%s", fx_root(), name);
+    snprintf(fx->dir, sizeof fx->dir, "%s/deepseek_v3/%s", golden_fx_root(), name);
     char p[600];
     size_t len;
-    snprintf(p, sizeof p, "%s/config.json", fx->dir);
-    char *txt = read_all(p, &len);
-    cJSON *j = txt ? cJSON_Parse(txt) : NULL;
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(j, "vocab_size");
-    fx->n_vocab = cJSON_IsNumber(v) ? (size_t)v->valuedouble : 0;
-    cJSON_Delete(j);
-    free(txt);
     snprintf(p, sizeof p, "%s/meta.json", fx->dir);
-    txt = read_all(p, &len);
-    j = txt ? cJSON_Parse(txt) : NULL;
-    v = cJSON_GetObjectItemCaseSensitive(j, "attention_scaling");
+    char *txt = golden_read_all(p, &len);
+    cJSON *j = txt ? cJSON_Parse(txt) : NULL;
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(j, "attention_scaling");
     fx->attention_scaling = cJSON_IsNumber(v) ? v->valuedouble : -1;
     cJSON_Delete(j);
     free(txt);
-    snprintf(p, sizeof p, "%s/generated.json", fx->dir);
-    txt = read_all(p, &len);
-    j = txt ? cJSON_Parse(txt) : NULL;
-    int ok = fx->n_vocab > 0 &&
-             json_ids(cJSON_GetObjectItemCaseSensitive(j, "prompt"), fx->prompt, N_PROMPT) &&
-             json_ids(cJSON_GetObjectItemCaseSensitive(j, "generated"), fx->gen, N_GEN);
-    cJSON_Delete(j);
-    free(txt);
-    snprintf(p, sizeof p, "%s/logits.f32", fx->dir);
-    txt = ok ? read_all(p, &len) : NULL;
-    if (!txt || len != N_PROMPT * fx->n_vocab * sizeof(float)) {
-        fprintf(stderr, "    fixture %s unreadable\n", fx->dir);
-        free(txt);
-        return 0;
-    }
-    fx->logits = (float *)txt;
-    return 1;
+    return golden_fixture_read(fx->dir, 0, N_PROMPT, N_GEN, &fx->n_vocab, fx->prompt, fx->gen,
+                               &fx->logits);
 }
 
 static struct sl_model *convert_open(const char *dir, int ed, int dd) {
-    char tmp[64] = "/tmp/sluice_gd_XXXXXX", path[96];
-    if (!mkdtemp(tmp)) return NULL;
-    snprintf(path, sizeof path, "%s/m.sluice", tmp);
-    struct sl_convert_params cp = sl_convert_default_params();
-    cp.expert_dtype = ed;
-    cp.dense_dtype = dd;
-    int st = sl_convert(dir, path, &cp);
-    struct sl_model *m = NULL;
-    if (st) {
-        fprintf(stderr, "    sl_convert %s: %s\n", dir, sl_errmsg());
-    } else {
-        struct sl_model_params mp = sl_model_default_params();
-        if ((st = sl_model_open(path, &mp, &m)))
-            fprintf(stderr, "    sl_model_open %s: %s\n", path, sl_errmsg());
-    }
-    unlink(path);
-    rmdir(tmp);
-    return m;
-}
-
-static double cosine(const float *a, const float *b, size_t n) {
-    double ab = 0, aa = 0, bb = 0;
-    for (size_t i = 0; i < n; i++) {
-        ab += (double)a[i] * b[i];
-        aa += (double)a[i] * a[i];
-        bb += (double)b[i] * b[i];
-    }
-    return aa > 0 && bb > 0 ? ab / sqrt(aa * bb) : 0.0;
-}
-
-static int32_t argmax(const float *x, size_t n) {
-    size_t b = 0;
-    for (size_t i = 1; i < n; i++)
-        if (x[i] > x[b]) b = i;
-    return (int32_t)b;
+    return golden_convert_open(dir, ed, dd, "/tmp/sluice_gd_XXXXXX", NULL);
 }
 
 struct stats { double min_cos, mean_cos, step_min; int greedy; };
@@ -173,33 +88,10 @@ static struct stats run_fixture(struct sl_model *m, const struct fixture *fx) {
     int st = sl_eval(ctx, fx->prompt, N_PROMPT, all);
     CHECK_MSG(st == SL_OK, "%s: sl_eval: %s", fx->dir, sl_errmsg());
     if (!st) {
-        double sum = 0, mn = 2;
-        for (int i = 0; i < N_PROMPT; i++) {
-            double c = cosine(all + i * V, fx->logits + i * V, V);
-            sum += c;
-            if (!(c >= mn)) mn = c;
-        }
-        s.min_cos = mn, s.mean_cos = sum / N_PROMPT;
-        const float *last = sl_logits(ctx);
-        int prefix = 1;
-        for (int g = 0; g < N_GEN && last; g++) {
-            int32_t tok = argmax(last, V);
-            prefix = prefix && tok == fx->gen[g];
-            s.greedy += prefix;
-            if (g == N_GEN - 1 || sl_eval(ctx, &tok, 1, NULL)) break;
-            last = sl_logits(ctx);
-        }
-        sl_context_reset(ctx); /* token by token: the decode path on the latent cache */
-        mn = 2;
-        for (int i = 0; i < N_PROMPT; i++) {
-            if (sl_eval(ctx, &fx->prompt[i], 1, NULL)) {
-                mn = -1;
-                break;
-            }
-            double c = cosine(sl_logits(ctx), fx->logits + (size_t)i * V, V);
-            if (!(c >= mn)) mn = c;
-        }
-        s.step_min = mn;
+        golden_cos_stats(all, fx->logits, N_PROMPT, V, &s.min_cos, &s.mean_cos);
+        s.greedy = golden_greedy_prefix(ctx, sl_logits(ctx), fx->gen, N_GEN, V);
+        /* token by token: the decode path on the latent cache */
+        s.step_min = golden_step_min(ctx, fx->prompt, N_PROMPT, fx->logits, V);
     }
     free(all);
     sl_context_free(ctx);
@@ -208,30 +100,14 @@ static struct stats run_fixture(struct sl_model *m, const struct fixture *fx) {
 
 static int list_fixtures(char names[FX_MAX][64]) {
     char d[512];
-    snprintf(d, sizeof d, "%s/deepseek_v3", fx_root());
-    DIR *dir = opendir(d);
-    if (!dir) return 0;
-    int n = 0;
-    struct dirent *e;
-    while ((e = readdir(dir)) && n < FX_MAX) {
-        char p[1024];
-        struct stat st;
-        if (e->d_name[0] == '.' || strlen(e->d_name) >= 64) continue;
-        snprintf(p, sizeof p, "%s/%s/config.json", d, e->d_name);
-        if (stat(p, &st) == 0) {
-            memcpy(names[n], e->d_name, strlen(e->d_name) + 1);
-            n++;
-        }
-    }
-    closedir(dir);
-    qsort(names, (size_t)n, 64, (int (*)(const void *, const void *))strcmp);
-    return n;
+    snprintf(d, sizeof d, "%s/deepseek_v3", golden_fx_root());
+    return golden_list_fixtures(d, names, FX_MAX);
 }
 
 static void golden(int ed, int dd, double min_mean, int strict, const char *form) {
     char names[FX_MAX][64];
     int n = list_fixtures(names);
-    CHECK_MSG(n >= 4, "%s/deepseek_v3: want >= 4 fixtures, found %d", fx_root(), n);
+    CHECK_MSG(n >= 4, "%s/deepseek_v3: want >= 4 fixtures, found %d", golden_fx_root(), n);
     if (form) setenv("SLUICE_MLA", form, 1);
     for (int k = 0; k < n; k++) {
         struct fixture fx;
@@ -281,7 +157,7 @@ TEST(golden_deepseek_q4) { golden(SL_DTYPE_Q4, SL_DTYPE_BF16, 0.99, 0, NULL); }
  * as f32 equals fp8 * scale_inv per [br, bc] block decoded here. */
 TEST(fp8_dequantized_exactly) {
     char dir[512], p[600];
-    snprintf(dir, sizeof dir, "%s/deepseek_v3/qlora_yarn_fp8", fx_root());
+    snprintf(dir, sizeof dir, "%s/deepseek_v3/qlora_yarn_fp8", golden_fx_root());
     snprintf(p, sizeof p, "%s/model.safetensors", dir);
     struct st_set *st = NULL;
     CHECK_MSG(st_open_file(p, &st) == SL_OK, "%s", sl_errmsg());
@@ -320,29 +196,18 @@ TEST(fp8_dequantized_exactly) {
 
 /* ---- converter rejections (a copy of the FP8 fixture, one thing broken) ---- */
 
-static int copy_file(const char *from, const char *to) {
-    size_t len;
-    char *d = read_all(from, &len);
-    if (!d) return 0;
-    FILE *f = fopen(to, "wb");
-    int ok = f && fwrite(d, 1, len, f) == len;
-    if (f) fclose(f);
-    free(d);
-    return ok;
-}
-
 static int convert_patched(const char *name, const char *from, const char *to) {
     char src[512], dir[64] = "/tmp/sluice_gdp_XXXXXX", p[600], q[600];
-    snprintf(src, sizeof src, "%s/deepseek_v3/%s", fx_root(), name);
+    snprintf(src, sizeof src, "%s/deepseek_v3/%s", golden_fx_root(), name);
     if (!mkdtemp(dir)) return -1;
     size_t len;
     snprintf(p, sizeof p, "%s/config.json", src);
-    char *cfg = read_all(p, &len);
+    char *cfg = golden_read_all(p, &len);
     const char *at = cfg ? strstr(cfg, from) : NULL;
     int st = -1;
     snprintf(p, sizeof p, "%s/model.safetensors", src);
     snprintf(q, sizeof q, "%s/model.safetensors", dir);
-    if (at && copy_file(p, q)) {
+    if (at && golden_copy_file(p, q)) {
         snprintf(q, sizeof q, "%s/config.json", dir);
         FILE *f = fopen(q, "wb");
         fprintf(f, "%.*s%s%s", (int)(at - cfg), cfg, to, at + strlen(from));

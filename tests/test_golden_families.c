@@ -37,6 +37,7 @@
 #include "cpu/ops_ext.h"
 #include "moe_route.h"
 #include "sluice.h"
+#include "golden.h"
 #include "test.h"
 #include "util.h"
 
@@ -46,30 +47,6 @@
 
 static const char *families[3] = {"mixtral", "olmoe", "gpt_oss"};
 
-static const char *fx_root(void) {
-    const char *r = getenv("SLUICE_FIXTURES_ROOT");
-    return r && *r ? r : "tests/fixtures";
-}
-
-static char *read_all(const char *path, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = n >= 0 ? malloc((size_t)n + 1) : NULL;
-    if (buf && fread(buf, 1, (size_t)n, f) != (size_t)n) {
-        free(buf);
-        buf = NULL;
-    }
-    fclose(f);
-    if (buf) {
-        buf[n] = 0;
-        *len = (size_t)n;
-    }
-    return buf;
-}
-
 struct fixture {
     char dir[512];
     size_t n_vocab;
@@ -77,82 +54,17 @@ struct fixture {
     float *logits; /* (N_PROMPT, n_vocab) */
 };
 
-static int json_ids(const cJSON *a, int32_t *out, int n) {
-    if (!cJSON_IsArray(a) || cJSON_GetArraySize(a) != n) return 0;
-    for (int i = 0; i < n; i++) out[i] = (int32_t)cJSON_GetArrayItem(a, i)->valuedouble;
-    return 1;
-}
-
 /* Loads family/name; prints the reason and returns 0 on failure. */
 static int fixture_load(const char *family, const char *name, struct fixture *fx) {
     memset(fx, 0, sizeof *fx);
-    snprintf(fx->dir, sizeof fx->dir, "%s/%s/%s", fx_root(), family, name);
-    char p[600];
-    size_t len;
-    snprintf(p, sizeof p, "%s/config.json", fx->dir);
-    char *txt = read_all(p, &len);
-    cJSON *j = txt ? cJSON_Parse(txt) : NULL;
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(j, "vocab_size");
-    fx->n_vocab = cJSON_IsNumber(v) ? (size_t)v->valuedouble : 0;
-    cJSON_Delete(j);
-    free(txt);
-    snprintf(p, sizeof p, "%s/generated.json", fx->dir);
-    txt = read_all(p, &len);
-    j = txt ? cJSON_Parse(txt) : NULL;
-    int ok = fx->n_vocab > 0 &&
-             json_ids(cJSON_GetObjectItemCaseSensitive(j, "prompt"), fx->prompt, N_PROMPT) &&
-             json_ids(cJSON_GetObjectItemCaseSensitive(j, "generated"), fx->gen, N_GEN);
-    cJSON_Delete(j);
-    free(txt);
-    snprintf(p, sizeof p, "%s/logits.f32", fx->dir);
-    txt = ok ? read_all(p, &len) : NULL;
-    if (!txt || len != N_PROMPT * fx->n_vocab * sizeof(float)) {
-        fprintf(stderr, "    fixture %s unreadable\n", fx->dir);
-        free(txt);
-        return 0;
-    }
-    fx->logits = (float *)txt;
-    return 1;
+    snprintf(fx->dir, sizeof fx->dir, "%s/%s/%s", golden_fx_root(), family, name);
+    return golden_fixture_read(fx->dir, 0, N_PROMPT, N_GEN, &fx->n_vocab, fx->prompt, fx->gen,
+                               &fx->logits);
 }
 
-/* Converts fx->dir at the dtypes into a temporary file and opens it. */
-static struct sl_model *convert_open(const char *dir, int ed, int dd, char tmp[64]) {
-    snprintf(tmp, 64, "/tmp/sluice_gf_XXXXXX");
-    if (!mkdtemp(tmp)) return NULL;
-    char path[96];
-    snprintf(path, sizeof path, "%s/m.sluice", tmp);
-    struct sl_convert_params cp = sl_convert_default_params();
-    cp.expert_dtype = ed;
-    cp.dense_dtype = dd;
-    int st = sl_convert(dir, path, &cp);
-    struct sl_model *m = NULL;
-    if (st) {
-        fprintf(stderr, "    sl_convert %s: %s\n", dir, sl_errmsg());
-    } else {
-        struct sl_model_params mp = sl_model_default_params();
-        if ((st = sl_model_open(path, &mp, &m)))
-            fprintf(stderr, "    sl_model_open %s: %s\n", path, sl_errmsg());
-    }
-    unlink(path);
-    rmdir(tmp);
-    return m;
-}
-
-static double cosine(const float *a, const float *b, size_t n) {
-    double ab = 0, aa = 0, bb = 0;
-    for (size_t i = 0; i < n; i++) {
-        ab += (double)a[i] * b[i];
-        aa += (double)a[i] * a[i];
-        bb += (double)b[i] * b[i];
-    }
-    return aa > 0 && bb > 0 ? ab / sqrt(aa * bb) : 0.0;
-}
-
-static int32_t argmax(const float *x, size_t n) {
-    size_t b = 0;
-    for (size_t i = 1; i < n; i++)
-        if (x[i] > x[b]) b = i;
-    return (int32_t)b;
+/* Converts dir at the dtypes into a temporary file and opens it. */
+static struct sl_model *convert_open(const char *dir, int ed, int dd) {
+    return golden_convert_open(dir, ed, dd, "/tmp/sluice_gf_XXXXXX", NULL);
 }
 
 /* Prefill (all logits) and greedy decode; fills the stats. all: (N_PROMPT,
@@ -168,73 +80,32 @@ static void run_fixture(struct sl_model *m, const struct fixture *fx, float *all
     int st = sl_eval(ctx, fx->prompt, N_PROMPT, all);
     CHECK_MSG(st == SL_OK, "%s: sl_eval: %s", fx->dir, sl_errmsg());
     if (st) goto out;
-    double sum = 0, mn = 2;
-    for (int i = 0; i < N_PROMPT; i++) {
-        double c = cosine(all + i * V, fx->logits + i * V, V);
-        sum += c;
-        if (!(c >= mn)) mn = c;
-    }
-    *min_cos = mn, *mean_cos = sum / N_PROMPT;
-    const float *last = sl_logits(ctx);
-    int prefix = 1;
-    for (int g = 0; g < N_GEN && last; g++) {
-        int32_t tok = argmax(last, V);
-        prefix = prefix && tok == fx->gen[g];
-        *greedy_prefix += prefix;
-        if (g == N_GEN - 1 || sl_eval(ctx, &tok, 1, NULL)) break;
-        last = sl_logits(ctx);
-    }
+    golden_cos_stats(all, fx->logits, N_PROMPT, V, min_cos, mean_cos);
+    *greedy_prefix = golden_greedy_prefix(ctx, sl_logits(ctx), fx->gen, N_GEN, V);
     /* token by token: the decode path, the KV cache, the window */
-    sl_context_reset(ctx);
-    mn = 2;
-    for (int i = 0; i < N_PROMPT; i++) {
-        if (sl_eval(ctx, &fx->prompt[i], 1, NULL)) {
-            mn = -1;
-            break;
-        }
-        double c = cosine(sl_logits(ctx), fx->logits + (size_t)i * V, V);
-        if (!(c >= mn)) mn = c;
-    }
-    *step_min = mn;
+    *step_min = golden_step_min(ctx, fx->prompt, N_PROMPT, fx->logits, V);
 out:
     sl_context_free(ctx);
 }
 
 static int list_fixtures(const char *family, char names[FX_MAX][64]) {
     char d[512];
-    snprintf(d, sizeof d, "%s/%s", fx_root(), family);
-    DIR *dir = opendir(d);
-    if (!dir) return 0;
-    int n = 0;
-    struct dirent *e;
-    while ((e = readdir(dir)) && n < FX_MAX) {
-        char p[1024];
-        struct stat st;
-        if (e->d_name[0] == '.' || strlen(e->d_name) >= 64) continue;
-        snprintf(p, sizeof p, "%s/%s/config.json", d, e->d_name);
-        if (stat(p, &st) == 0) {
-            memcpy(names[n], e->d_name, strlen(e->d_name) + 1); /* < 64, checked */
-            n++;
-        }
-    }
-    closedir(dir);
-    qsort(names, (size_t)n, 64, (int (*)(const void *, const void *))strcmp);
-    return n;
+    snprintf(d, sizeof d, "%s/%s", golden_fx_root(), family);
+    return golden_list_fixtures(d, names, FX_MAX);
 }
 
 static void golden(int ed, int dd, double min_mean, int strict) {
     for (int f = 0; f < 3; f++) {
         char names[FX_MAX][64];
         int n = list_fixtures(families[f], names);
-        CHECK_MSG(n >= 2, "%s/%s: want >= 2 fixtures, found %d", fx_root(), families[f], n);
+        CHECK_MSG(n >= 2, "%s/%s: want >= 2 fixtures, found %d", golden_fx_root(), families[f], n);
         for (int k = 0; k < n; k++) {
             struct fixture fx;
             if (!fixture_load(families[f], names[k], &fx)) {
                 CHECK_MSG(0, "fixture %s/%s", families[f], names[k]);
                 continue;
             }
-            char tmp[64];
-            struct sl_model *m = convert_open(fx.dir, ed, dd, tmp);
+            struct sl_model *m = convert_open(fx.dir, ed, dd);
             CHECK_MSG(m != NULL, "%s: convert/open", fx.dir);
             if (!m) {
                 free(fx.logits);
@@ -277,9 +148,8 @@ TEST(mxfp4_matches_bf16_at_q4) {
         free(a.logits);
         return;
     }
-    char t1[64], t2[64];
-    struct sl_model *ma = convert_open(a.dir, SL_DTYPE_Q4, SL_DTYPE_BF16, t1);
-    struct sl_model *mb = convert_open(b.dir, SL_DTYPE_Q4, SL_DTYPE_BF16, t2);
+    struct sl_model *ma = convert_open(a.dir, SL_DTYPE_Q4, SL_DTYPE_BF16);
+    struct sl_model *mb = convert_open(b.dir, SL_DTYPE_Q4, SL_DTYPE_BF16);
     CHECK(ma && mb);
     if (ma && mb) {
         size_t V = a.n_vocab;
@@ -574,31 +444,20 @@ TEST(config_families_reject) {
 
 /* ---- converter rejections (copies of a fixture with one thing broken) ---- */
 
-static int copy_file(const char *from, const char *to) {
-    size_t len;
-    char *d = read_all(from, &len);
-    if (!d) return 0;
-    FILE *f = fopen(to, "wb");
-    int ok = f && fwrite(d, 1, len, f) == len;
-    if (f) fclose(f);
-    free(d);
-    return ok;
-}
-
 /* A copy of fixture family/name in a temp dir whose config.json has `from`
  * replaced by `to`; converts it and returns the status. */
 static int convert_patched(const char *family, const char *name, const char *from,
                            const char *to) {
     char src[512], dir[64] = "/tmp/sluice_gfp_XXXXXX", p[600], q[600];
-    snprintf(src, sizeof src, "%s/%s/%s", fx_root(), family, name);
+    snprintf(src, sizeof src, "%s/%s/%s", golden_fx_root(), family, name);
     if (!mkdtemp(dir)) return -1;
     snprintf(p, sizeof p, "%s/model.safetensors", src);
     snprintf(q, sizeof q, "%s/model.safetensors", dir);
     int st = -1;
     size_t len;
     snprintf(p, sizeof p, "%s/config.json", src);
-    char *cfg = read_all(p, &len);
-    if (cfg && strstr(cfg, from) && copy_file((snprintf(p, sizeof p, "%s/model.safetensors", src), p), q)) {
+    char *cfg = golden_read_all(p, &len);
+    if (cfg && strstr(cfg, from) && golden_copy_file((snprintf(p, sizeof p, "%s/model.safetensors", src), p), q)) {
         char *patched = malloc(len + strlen(to) + 1);
         subst(patched, len + strlen(to) + 1, cfg, from, to);
         snprintf(q, sizeof q, "%s/config.json", dir);
