@@ -80,6 +80,14 @@ struct sl_context {
                                  sequence each, or NULL (one run, the bound
                                  sequence at pos) */
     int n_runs;
+    /* sl_decode_batch scratch, allocated once by context_seq_create so that
+     * a batched step allocates nothing */
+    int32_t *bt_count;        /* (n_seq_max) tokens per sequence */
+    int32_t *bt_order;        /* (n_batch) batch index of each run-order token */
+    int32_t *bt_toks;         /* (n_batch) the tokens in run order */
+    int32_t *bt_inv;          /* (n_batch) run-order index of each batch index */
+    struct seq_run *bt_runs;  /* (n_batch) */
+    float *bt_row;            /* (n_vocab) one logits row, for the reorder */
     const char *dump_dir;     /* SLUICE_DUMP, or NULL */
     struct cuda_ctx *cuda;    /* device KV cache and activations when the
                                  model runs on CUDA (src/cuda/cuda.h) */

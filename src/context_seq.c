@@ -87,6 +87,18 @@ void seq_bind(struct sl_context *ctx, uint32_t s) {
 
 int context_seq_create(struct sl_context *ctx, uint32_t n_seq_max) {
     ctx->n_seq_max = n_seq_max ? n_seq_max : 1;
+    if (ctx->n_seq_max <= SEQ_MAX) {
+        size_t nb = ctx->n_batch;
+        ctx->bt_count = sl_calloc(ctx->n_seq_max, sizeof(int32_t));
+        ctx->bt_order = sl_malloc(nb * sizeof(int32_t));
+        ctx->bt_toks = sl_malloc(nb * sizeof(int32_t));
+        ctx->bt_inv = sl_malloc(nb * sizeof(int32_t));
+        ctx->bt_runs = sl_malloc(nb * sizeof(struct seq_run));
+        ctx->bt_row = sl_malloc((size_t)ctx->model->cfg.n_vocab * sizeof(float));
+        if (!ctx->bt_count || !ctx->bt_order || !ctx->bt_toks || !ctx->bt_inv ||
+            !ctx->bt_runs || !ctx->bt_row)
+            return sl_seterr(SL_ERR_NOMEM, "out of memory (batch scratch)");
+    }
     if (ctx->n_seq_max == 1) return SL_OK;
     if (ctx->n_seq_max > SEQ_MAX)
         return sl_seterr(SL_ERR_ARG, "n_seq_max %u is too large (max %d)", n_seq_max, SEQ_MAX);
@@ -127,6 +139,15 @@ int context_seq_create(struct sl_context *ctx, uint32_t n_seq_max) {
 }
 
 void context_seq_free(struct sl_context *ctx) {
+    sl_free(ctx->bt_count);
+    sl_free(ctx->bt_order);
+    sl_free(ctx->bt_toks);
+    sl_free(ctx->bt_inv);
+    sl_free(ctx->bt_runs);
+    sl_free(ctx->bt_row);
+    ctx->bt_count = ctx->bt_order = ctx->bt_toks = ctx->bt_inv = NULL;
+    ctx->bt_runs = NULL;
+    ctx->bt_row = NULL;
     if (!ctx->seqs) return;
     seq_bind(ctx, 0);
     for (uint32_t s = 1; s < ctx->n_seq_max; s++) {
@@ -210,6 +231,28 @@ int sl_seq_copy(struct sl_context *ctx, int32_t src, int32_t dst) {
 
 /* ---- the mixed batch ------------------------------------------------------ */
 
+/* Moves the n logits rows of R (nv floats each) from run order to batch
+ * order in place: run-order row j belongs at batch index bt_order[j]. Follows
+ * the permutation's cycles with one spare row (bt_row). */
+static void reorder_rows(struct sl_context *ctx, float *R, int n, size_t nv) {
+    int32_t *inv = ctx->bt_inv, *order = ctx->bt_order;
+    size_t bytes = nv * sizeof(float);
+    for (int j = 0; j < n; j++) inv[order[j]] = j;
+    for (int i0 = 0; i0 < n; i0++) {
+        if (inv[i0] < 0 || inv[i0] == i0) continue;
+        memcpy(ctx->bt_row, R + (size_t)i0 * nv, bytes);
+        int i = i0;
+        while (inv[i] != i0) { /* batch slot i takes run-order row inv[i] */
+            int src = inv[i];
+            memcpy(R + (size_t)i * nv, R + (size_t)src * nv, bytes);
+            inv[i] = -1;
+            i = src;
+        }
+        memcpy(R + (size_t)i * nv, ctx->bt_row, bytes);
+        inv[i] = -1;
+    }
+}
+
 int sl_decode_batch(struct sl_context *ctx, const struct sl_batch *b) {
     if (!ctx || !b || !b->tokens || !b->seq_ids)
         return sl_seterr(SL_ERR_ARG, "sl_decode_batch: NULL argument");
@@ -229,24 +272,21 @@ int sl_decode_batch(struct sl_context *ctx, const struct sl_batch *b) {
             return sl_seterr(SL_ERR_RANGE, "sl_decode_batch: token id %d at index %d is out "
                              "of range (vocabulary has %u ids)", b->tokens[i], i, c->n_vocab);
     }
-    int32_t *count = sl_calloc(n_seq, sizeof *count);
-    int32_t *order = sl_malloc((size_t)n * sizeof *order); /* batch index by run */
-    int32_t *toks = sl_malloc((size_t)n * sizeof *toks);
-    struct seq_run *runs = sl_malloc((size_t)n * sizeof *runs);
-    float *rows = b->logits ? sl_malloc((size_t)n * c->n_vocab * sizeof(float)) : NULL;
-    if (!count || !order || !toks || !runs || (b->logits && !rows)) {
-        st = sl_seterr(SL_ERR_NOMEM, "out of memory (a batch of %d tokens)", n);
-        goto out;
-    }
+    /* Scratch allocated once (context_seq_create); the logits rows come out
+     * of forward_batch in run order straight into b->logits and are put
+     * back in batch order in place at the end. */
+    int32_t *count = ctx->bt_count, *order = ctx->bt_order, *toks = ctx->bt_toks;
+    struct seq_run *runs = ctx->bt_runs;
+    float *rows = b->logits;
+    memset(count, 0, n_seq * sizeof *count);
     for (int i = 0; i < n; i++) count[b->seq_ids[i]]++;
     int nr = 0, at = 0;
     for (uint32_t s = 0; s < n_seq; s++) {
         if (!count[s]) continue;
         uint32_t np = seq_n_past(ctx, s);
         if ((uint32_t)count[s] > ctx->n_ctx - np) {
-            st = sl_seterr(SL_ERR_RANGE, "sl_decode_batch: sequence %u is full: %u of %u "
-                           "positions used, %d more requested", s, np, ctx->n_ctx, count[s]);
-            goto out;
+            return sl_seterr(SL_ERR_RANGE, "sl_decode_batch: sequence %u is full: %u of %u "
+                             "positions used, %d more requested", s, np, ctx->n_ctx, count[s]);
         }
         runs[nr] = (struct seq_run){s, np, at, count[s]};
         for (int i = 0; i < n; i++)
@@ -287,19 +327,10 @@ int sl_decode_batch(struct sl_context *ctx, const struct sl_batch *b) {
         if (ctx->hybrid) (void)context_checkpoint(ctx, ctx->n_past);
     }
     seq_bind(ctx, 0);
-    if (!st && rows)
-        for (int j = 0; j < n; j++)
-            memcpy(b->logits + (size_t)order[j] * c->n_vocab, rows + (size_t)j * c->n_vocab,
-                   (size_t)c->n_vocab * sizeof(float));
+    if (!st && rows) reorder_rows(ctx, rows, n, (size_t)c->n_vocab);
     if (!st) {
         ctx->stats.n_decode_tokens += (uint64_t)n;
         ctx->stats.decode_seconds += sl_now() - t0;
     }
-out:
-    sl_free(count);
-    sl_free(order);
-    sl_free(toks);
-    sl_free(runs);
-    sl_free(rows);
     return st;
 }
