@@ -137,6 +137,7 @@ int store_next_job(struct expert_store *s, struct io_job *job, int block) {
                 SL_ASSERT(s->cached_bytes <= s->budget);
                 job->entry = ei;
                 job->prefetch = q == Q_PREFETCH;
+                job->issued_at = s->n_requests;
                 job->buf = s->arena + (uint64_t)slot * s->slot_size;
                 job->off = el->offsets[e->expert];
                 job->len = el->record_size;
@@ -171,7 +172,13 @@ void store_complete(struct expert_store *s, const struct io_job *job, int err,
     } else {
         free_slot(s, e);
         e->prefetched = 0;
-        if (e->refs > 0) {
+        if (e->refs > 0 && e->req_stamp > job->issued_at) {
+            /* a request that joined this read after it was issued (a
+             * prefetch, or a read a cancelled evaluation left in flight)
+             * gets a read of its own: only that one's failure is its */
+            e->state = E_QUEUED;
+            q_push(s, Q_DEMAND, job->entry);
+        } else if (e->refs > 0) {
             e->state = E_FAILED;
             e->err = err;
             e->got = got;

@@ -53,6 +53,7 @@ struct entry {
 struct io_job {
     int32_t entry;
     int prefetch;
+    uint64_t issued_at;    /* s->n_requests when the read was issued */
     void *buf;
     uint64_t off, len;
 };

@@ -276,7 +276,9 @@ TEST(test_eval_alloc_failures) {
 
 /* ---- expert store read faults ---- */
 
-enum fault { F_NONE, F_EIO, F_SHORT, F_SLOW, F_EOF };
+/* F_EIO_LATE: every read fails, all but the first after 30 ms, so that an
+ * evaluation fails while reads it issued are still in flight. */
+enum fault { F_NONE, F_EIO, F_SHORT, F_SLOW, F_EOF, F_EIO_LATE };
 
 struct fault_io {
     enum fault kind;
@@ -288,9 +290,14 @@ struct fault_io {
 static ssize_t fault_pread(void *user, int fd, void *buf, size_t len, uint64_t off) {
     struct fault_io *f = user;
     long k = __atomic_fetch_add(&f->n_reads, 1, __ATOMIC_SEQ_CST);
-    if (f->kind == F_NONE || k < f->after) return pread(fd, buf, len, (off_t)off);
+    enum fault kind = __atomic_load_n(&f->kind, __ATOMIC_SEQ_CST);
+    if (kind == F_NONE || k < f->after) return pread(fd, buf, len, (off_t)off);
     __atomic_fetch_add(&f->n_faulted, 1, __ATOMIC_SEQ_CST);
-    switch (f->kind) {
+    switch (kind) {
+    case F_EIO_LATE:
+        if (k > 0) usleep(30000);
+        errno = EIO;
+        return -1;
     case F_EIO:
         errno = EIO;
         return -1;
@@ -364,7 +371,7 @@ static void read_fault_case(enum fault kind, long after, int recoverable) {
         }
         /* the fault goes away: the same context and store work again and
          * compute exactly the reference */
-        f.kind = F_NONE;
+        __atomic_store_n(&f.kind, F_NONE, __ATOMIC_SEQ_CST);
         sl_context_reset(ctx);
         CHECK_EQ_INT(sl_eval(ctx, prompt, N_PROMPT, NULL), SL_OK);
         CHECK(sl_logits(ctx) && memcmp(sl_logits(ctx), ref, (size_t)nv * sizeof(float)) == 0);
@@ -375,6 +382,9 @@ static void read_fault_case(enum fault kind, long after, int recoverable) {
 }
 
 TEST(test_read_eio_first) { read_fault_case(F_EIO, 0, 0); }
+/* a read the failed evaluation left in flight fails during the next one,
+ * which must not inherit that failure */
+TEST(test_read_eio_in_flight) { read_fault_case(F_EIO_LATE, 0, 0); }
 TEST(test_read_eio_later) { read_fault_case(F_EIO, 5, 0); }
 TEST(test_read_eof_later) { read_fault_case(F_EOF, 3, 0); }
 TEST(test_read_short) { read_fault_case(F_SHORT, 0, 1); }
@@ -404,10 +414,10 @@ TEST(test_read_eio_sweep) {
     CHECK(clean_reads > 4);
     for (long k = 0; k < clean_reads; k++) {
         sl_context_reset(ctx);
-        f.kind = F_EIO;
         f.after = f.n_reads + k;
+        __atomic_store_n(&f.kind, F_EIO, __ATOMIC_SEQ_CST);
         int st = sl_eval(ctx, prompt, N_PROMPT, NULL);
-        f.kind = F_NONE;
+        __atomic_store_n(&f.kind, F_NONE, __ATOMIC_SEQ_CST);
         /* the cache may hold what the first reads needed: then no fault */
         CHECK_MSG(st == SL_OK || st == SL_ERR_IO, "read %ld: %s", k, sl_errmsg());
         sl_context_reset(ctx);
