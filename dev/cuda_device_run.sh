@@ -1,9 +1,9 @@
 #!/bin/bash
 # dev/cuda_device_run.sh — the CUDA backend's checks and benchmark in one
 # call on the GPU machine (docs/cuda.md). Expects the binaries built on the
-# development machine in .cudarun/ (test_cuda, sluice, lib/ with the
+# development machine in .cudarun/ (test_cuda*, sluice, lib/ with the
 # non-CUDA shared libraries; the CUDA runtime is linked statically), or
-# packed as .cudarun/pack.tar.xz (stripped; the working tree plus carry must
+# packed as .cudarun/pack.tar.xz by dev/cuda_pack.sh (stripped; the working tree plus carry must
 # stay under 64 MiB), run from the repository root; writes logs under $OUT.
 # Run: device `run` with carry [".cudarun"] and the command
 #   bash dev/cuda_device_run.sh
@@ -21,8 +21,11 @@ mkdir -p "$O"
 export LD_LIBRARY_PATH=$PWD/$R/lib:${LD_LIBRARY_PATH:-}
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv | tee "$O/gpu.txt"
 if [ -z "${SKIP_TEST:-}" ]; then
-  echo "== test_cuda"
-  timeout 150 $R/test_cuda 2>&1 | tee "$O/test_cuda.log" | grep -v "^ok\|^  ok" | tail -40
+  for t in $R/test_cuda*; do
+    n=$(basename $t)
+    echo "== $n"
+    timeout 150 $t 2>&1 | tee "$O/$n.log" | grep -v "^ok\|^  ok" | tail -40
+  done
   if [ -n "${TEST_ENV:-}" ]; then # the tests again under other tuning knobs
     echo "== test_cuda with $TEST_ENV"
     env $(echo "$TEST_ENV" | tr ',' ' ') timeout 150 $R/test_cuda 2>&1 | grep "passed\|FAIL\|fail"
