@@ -4,9 +4,17 @@
  * from the model file's tokenizer-config section and renders conversations
  * with the interpreter of chat_template.h.
  *
+ * The variables a template sees are the ones transformers'
+ * apply_chat_template passes, prepared the same way: message keys whose
+ * value is null are dropped, reasoning is aliased (reasoning_content /
+ * thinking / reasoning: the first non-null fills "thinking" and
+ * "reasoning_content"), `tools` and `documents` are null unless given, the
+ * special tokens (bos_token, eos_token, pad_token, ...) come first and the
+ * caller's extra variables override them.
+ *
  * Not here: the template language itself (chat_template.c,
- * chat_template_eval.c). Invariant: a struct sl_chat is immutable after
- * creation, so renders may run concurrently.
+ * chat_template_eval.c, chat_template_filters.c). Invariant: a struct
+ * sl_chat is immutable after creation, so renders may run concurrently.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -21,6 +29,7 @@
 struct sl_chat {
     struct chat_template *tmpl;
     char *bos, *eos;    /* NULL when the file has none */
+    cJSON *special;     /* {"pad_token": "...", ...} of the model file, or NULL */
 };
 
 /* The tokenizer-config section as a JSON object (caller deletes). */
@@ -86,6 +95,12 @@ int sl_chat_create(const struct sl_model *model, struct sl_chat **out) {
         rc = sl_chat_create_from_source(ct->valuestring,
                                         cJSON_IsString(bos) ? bos->valuestring : NULL,
                                         cJSON_IsString(eos) ? eos->valuestring : NULL, out);
+    const cJSON *sp = cJSON_GetObjectItemCaseSensitive(tc, "special_tokens");
+    if (!rc && cJSON_IsObject(sp) && !((*out)->special = cJSON_Duplicate(sp, 1))) {
+        sl_chat_free(*out);
+        *out = NULL;
+        rc = sl_seterr(SL_ERR_NOMEM, "out of memory");
+    }
     cJSON_Delete(tc);
     return rc;
 }
@@ -95,7 +110,42 @@ void sl_chat_free(struct sl_chat *chat) {
     chat_template_free(chat->tmpl);
     sl_free(chat->bos);
     sl_free(chat->eos);
+    cJSON_Delete(chat->special);
     sl_free(chat);
+}
+
+/* One message as transformers prepares it (_normalize_chat_messages, then
+ * _alias_reasoning_fields): null-valued keys dropped; when reasoning_content,
+ * thinking or reasoning (first non-null) is set, the message becomes
+ * {"thinking": r, ...message..., "reasoning_content": r}. */
+static cJSON *prepare_message(const cJSON *m) {
+    if (!cJSON_IsObject(m)) return cJSON_Duplicate(m, 1);
+    static const char *const fields[] = {"reasoning_content", "thinking", "reasoning"};
+    const cJSON *r = NULL;
+    for (int i = 0; i < 3 && !r; i++) {
+        const cJSON *f = cJSON_GetObjectItemCaseSensitive(m, fields[i]);
+        if (f && !cJSON_IsNull(f)) r = f;
+    }
+    cJSON *o = cJSON_CreateObject();
+    if (!o) return NULL;
+    int ok = 1;
+    const cJSON *th = cJSON_GetObjectItemCaseSensitive(m, "thinking");
+    if (r) /* "thinking" first: its own value when set, else r */
+        ok = cJSON_AddItemToObject(o, "thinking", cJSON_Duplicate(th && !cJSON_IsNull(th) ? th : r, 1));
+    const cJSON *e;
+    cJSON_ArrayForEach(e, m) {
+        if (!ok) break;
+        if (cJSON_IsNull(e) || (r && !strcmp(e->string, "thinking"))) continue;
+        const cJSON *v = r && !strcmp(e->string, "reasoning_content") ? r : e;
+        ok = cJSON_AddItemToObject(o, e->string, cJSON_Duplicate(v, 1));
+    }
+    if (ok && r && !cJSON_GetObjectItemCaseSensitive(o, "reasoning_content"))
+        ok = cJSON_AddItemToObject(o, "reasoning_content", cJSON_Duplicate(r, 1));
+    if (!ok) {
+        cJSON_Delete(o);
+        return NULL;
+    }
+    return o;
 }
 
 int sl_chat_render(const struct sl_chat *chat, const char *messages_json,
@@ -103,20 +153,36 @@ int sl_chat_render(const struct sl_chat *chat, const char *messages_json,
     if (!chat || !messages_json || !out) return sl_seterr(SL_ERR_ARG, "sl_chat_render: NULL argument");
     *out = NULL;
     cJSON *vars = cJSON_CreateObject(), *msgs = cJSON_Parse(messages_json);
-    cJSON *extra = extra_json ? cJSON_Parse(extra_json) : NULL;
+    cJSON *extra = extra_json ? cJSON_Parse(extra_json) : NULL, *prepared = NULL;
     int rc = SL_OK;
     if (!vars) rc = sl_seterr(SL_ERR_NOMEM, "out of memory");
     else if (!cJSON_IsArray(msgs)) rc = sl_seterr(SL_ERR_ARG, "chat: messages must be a JSON array");
     else if (extra_json && !cJSON_IsObject(extra))
         rc = sl_seterr(SL_ERR_ARG, "chat: extra variables must be a JSON object");
+    else if (!(prepared = cJSON_CreateArray())) rc = sl_seterr(SL_ERR_NOMEM, "out of memory");
     if (rc) goto done;
-    /* transformers passes the special tokens, then the keyword arguments */
-    cJSON_AddItemToObject(vars, "messages", msgs);
-    msgs = NULL;
-    cJSON_AddBoolToObject(vars, "add_generation_prompt", add_generation_prompt != 0);
+    const cJSON *e;
+    cJSON_ArrayForEach(e, msgs) {
+        cJSON *m = prepare_message(e);
+        if (!m) {
+            rc = sl_seterr(SL_ERR_NOMEM, "out of memory");
+            goto done;
+        }
+        cJSON_AddItemToArray(prepared, m);
+    }
+    /* transformers: special tokens, then messages, tools, documents,
+     * add_generation_prompt and the keyword arguments (which win) */
+    if (chat->special) cJSON_ArrayForEach(e, chat->special)
+        cJSON_AddItemToObject(vars, e->string, cJSON_Duplicate(e, 1));
+    cJSON_DeleteItemFromObjectCaseSensitive(vars, "bos_token");
+    cJSON_DeleteItemFromObjectCaseSensitive(vars, "eos_token");
     cJSON_AddStringToObject(vars, "bos_token", chat->bos ? chat->bos : "");
     cJSON_AddStringToObject(vars, "eos_token", chat->eos ? chat->eos : "");
-    cJSON *e;
+    cJSON_AddItemToObject(vars, "messages", prepared);
+    prepared = NULL;
+    cJSON_AddNullToObject(vars, "tools");
+    cJSON_AddNullToObject(vars, "documents");
+    cJSON_AddBoolToObject(vars, "add_generation_prompt", add_generation_prompt != 0);
     if (extra) cJSON_ArrayForEach(e, extra) {
         cJSON_DeleteItemFromObjectCaseSensitive(vars, e->string);
         cJSON_AddItemToObject(vars, e->string, cJSON_Duplicate(e, 1));
@@ -126,6 +192,7 @@ int sl_chat_render(const struct sl_chat *chat, const char *messages_json,
 done:
     cJSON_Delete(vars);
     cJSON_Delete(msgs);
+    cJSON_Delete(prepared);
     cJSON_Delete(extra);
     return rc;
 }

@@ -73,7 +73,8 @@ static const char *const k_tests[] = {
 static const char *const k_methods[] = {
     "startswith", "endswith", "split", "strip", "lstrip", "rstrip", "replace",
     "upper", "lower", "items", "keys", "values", "get", NULL};
-static const char *const k_funcs[] = {"namespace", "raise_exception", "range", NULL};
+static const char *const k_funcs[] = {"namespace", "raise_exception", "range",
+                                      "strftime_now", NULL};
 
 static int in_list(const char *const *l, const char *s) {
     for (; *l; l++)
@@ -99,6 +100,11 @@ struct parser {
     /* expression lexer over the current tag */
     const char *p, *end;
     int line;
+    /* macro calls seen, checked against the macros defined once parsed */
+    struct ct_node **calls;
+    int n_calls, cap_calls;
+    const char **macros;
+    int n_macros, cap_macros;
     /* current token */
     int tk;              /* enum tok */
     const char *tb;      /* token text */
@@ -311,6 +317,20 @@ static int string_lit(struct parser *ps, struct ct_node *n) {
 
 static int parse_expr(struct parser *ps, struct ct_node **out);
 
+/* Appends p to the arena-backed pointer array *arr (*n used, *cap held). */
+static int remember(struct parser *ps, void ***arr, int *n, int *cap, void *p) {
+    if (*n == *cap) {
+        int c = *cap ? *cap * 2 : 16;
+        void **a = ct_arena_alloc(&ps->t->arena, (size_t)c * sizeof *a);
+        if (!a) return sl_seterr(SL_ERR_NOMEM, "chat template: out of memory");
+        if (*n) memcpy(a, *arr, (size_t)*n * sizeof *a);
+        *arr = a;
+        *cap = c;
+    }
+    (*arr)[(*n)++] = p;
+    return SL_OK;
+}
+
 /* (args): positional and keyword arguments, into n->kids / n->kw. */
 static int parse_args(struct parser *ps, struct ct_node *n) {
     int rc, cap = 0;
@@ -392,9 +412,14 @@ static int parse_primary(struct parser *ps, struct ct_node **out) {
             NEW(n, CT_NONE);
             *out = n;
         } else if (is_op(ps, "(")) {
-            if (!in_list(k_funcs, name)) return unsupported(ps, "function", name);
             NEW(n, CT_CALL);
             n->s = name;
+            /* not a built-in: a macro of this template (checked at the end) */
+            if (!in_list(k_funcs, name)) {
+                n->op = 1;
+                if ((rc = remember(ps, (void ***)&ps->calls, &ps->n_calls, &ps->cap_calls, n)))
+                    return rc;
+            }
             if ((rc = parse_args(ps, n))) return rc;
             *out = n;
         } else {
@@ -654,6 +679,8 @@ static int end_tag(struct parser *ps) {
     return ps->tk == TK_END ? SL_OK : syntax(ps, "end of tag");
 }
 
+static int parse_macro(struct parser *ps, struct ct_node **out);
+
 /* Parses statements until a block tag whose keyword is in stops (NULL-
  * terminated) or the end; *stop receives the index of that keyword (-1 at
  * the end of the template), with the lexer positioned after the keyword. */
@@ -768,6 +795,8 @@ static int parse_body(struct parser *ps, const char *const *stops, struct ct_nod
             if (!is_op(ps, "=")) return unsupported(ps, "construct", "{% set %} block");
             if ((rc = next_tok(ps)) || (rc = parse_expr(ps, &n->a)) || (rc = end_tag(ps)))
                 return rc;
+        } else if (is_kw(ps, "macro")) {
+            if ((rc = parse_macro(ps, &n))) return rc;
         } else if (is_kw(ps, "break") || is_kw(ps, "continue")) {
             n = mk(ps, is_kw(ps, "break") ? CT_BREAK : CT_CONTINUE);
             if (!n) return sl_seterr(SL_ERR_NOMEM, "chat template: out of memory");
@@ -790,7 +819,7 @@ static int parse_body(struct parser *ps, const char *const *stops, struct ct_nod
             char kw[32];
             snprintf(kw, sizeof kw, "%.*s", (int)(ps->tl < 31 ? ps->tl : 31), ps->tb);
             static const char *const enders[] = {"endif", "endfor", "elif", "else",
-                                                 "endgeneration", NULL};
+                                                 "endgeneration", "endmacro", NULL};
             if (in_list(enders, kw))
                 return sl_seterr(SL_ERR_FORMAT, "chat template line %d: unexpected '%s'",
                                  ps->line, kw);
@@ -804,6 +833,76 @@ static int parse_body(struct parser *ps, const char *const *stops, struct ct_nod
     return SL_OK;
 }
 
+/* {% macro name(a, b=default) %} body {% endmacro %}; the lexer is on
+ * "macro". Call blocks, *args and **kwargs are outside the subset. */
+static int parse_macro(struct parser *ps, struct ct_node **out) {
+    int rc, sub, cap = 0;
+    NEW(n, CT_MACRO);
+    int line = ps->line;
+    if ((rc = next_tok(ps))) return rc;
+    if (ps->tk != TK_NAME) return syntax(ps, "a macro name");
+    if (!(n->s = ct_arena_strndup(&ps->t->arena, ps->tb, ps->tl)))
+        return sl_seterr(SL_ERR_NOMEM, "chat template: out of memory");
+    if ((rc = next_tok(ps)) || (rc = expect_op(ps, "("))) return rc;
+    while (!is_op(ps, ")")) {
+        if (is_op(ps, "*") || is_op(ps, "**")) return unsupported(ps, "construct", "macro *args");
+        if (ps->tk != TK_NAME) return syntax(ps, "a parameter name");
+        if (n->n_kids == cap) {
+            cap = cap ? cap * 2 : 4;
+            struct ct_node **k = ct_arena_alloc(&ps->t->arena, (size_t)cap * sizeof *k);
+            const char **w = ct_arena_alloc(&ps->t->arena, (size_t)cap * sizeof *w);
+            if (!k || !w) return sl_seterr(SL_ERR_NOMEM, "chat template: out of memory");
+            if (n->n_kids) {
+                memcpy(k, n->kids, (size_t)n->n_kids * sizeof *k);
+                memcpy(w, n->kw, (size_t)n->n_kids * sizeof *w);
+            }
+            n->kids = k;
+            n->kw = w;
+        }
+        if (!(n->kw[n->n_kids] = ct_arena_strndup(&ps->t->arena, ps->tb, ps->tl)))
+            return sl_seterr(SL_ERR_NOMEM, "chat template: out of memory");
+        if ((rc = next_tok(ps))) return rc;
+        if (is_op(ps, "=")) {
+            if ((rc = next_tok(ps)) || (rc = parse_expr(ps, &n->kids[n->n_kids]))) return rc;
+        } else if (n->n_kids && n->kids[n->n_kids - 1]) {
+            return sl_seterr(SL_ERR_FORMAT, "chat template line %d: macro %s: a parameter "
+                             "without a default follows one with a default", ps->line, n->s);
+        }
+        n->n_kids++;
+        if (is_op(ps, ",")) {
+            if ((rc = next_tok(ps))) return rc;
+        } else if (!is_op(ps, ")")) {
+            return syntax(ps, "',' or ')'");
+        }
+    }
+    if ((rc = next_tok(ps)) || (rc = end_tag(ps))) return rc;
+    static const char *const stops[] = {"endmacro", NULL};
+    if ((rc = parse_body(ps, stops, &n->b, &sub))) return rc;
+    if (sub < 0)
+        return sl_seterr(SL_ERR_FORMAT, "chat template line %d: missing endmacro", line);
+    if (ps->tk == TK_NAME && ps->tl == strlen(n->s) && !memcmp(ps->tb, n->s, ps->tl) &&
+        (rc = next_tok(ps)))
+        return rc;
+    if ((rc = end_tag(ps)) ||
+        (rc = remember(ps, (void ***)&ps->macros, &ps->n_macros, &ps->cap_macros, (void *)n->s)))
+        return rc;
+    *out = n;
+    return SL_OK;
+}
+
+/* Every call of a name that is not a built-in must name a macro. */
+static int check_calls(const struct parser *ps) {
+    for (int i = 0; i < ps->n_calls; i++) {
+        int found = 0;
+        for (int k = 0; k < ps->n_macros && !found; k++) found = !strcmp(ps->macros[k], ps->calls[i]->s);
+        if (!found)
+            return sl_seterr(SL_ERR_UNSUPPORTED, "chat template line %d: unsupported function "
+                             "'%s' (neither a built-in nor a macro of the template)",
+                             ps->calls[i]->line, ps->calls[i]->s);
+    }
+    return SL_OK;
+}
+
 int chat_template_parse(const char *src, struct chat_template **out) {
     *out = NULL;
     if (!src) return sl_seterr(SL_ERR_ARG, "chat template: no source");
@@ -812,6 +911,7 @@ int chat_template_parse(const char *src, struct chat_template **out) {
     struct parser ps = {.t = t};
     int rc = split_segments(&ps, src), stop;
     if (!rc) rc = parse_body(&ps, NULL, &t->body, &stop);
+    if (!rc) rc = check_calls(&ps);
     if (rc) {
         chat_template_free(t);
         return rc;

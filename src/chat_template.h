@@ -13,21 +13,32 @@
  * {% for a, b in pairs %} with loop.index/index0/first/last/length/
  * revindex/revindex0 and {% else %}, {% set x = e %} and {% set ns.x = e %}
  * (namespace()), {% break %}, {% continue %}, whitespace control (-, +),
- * comments; literals (strings, ints, floats, true/false/none, lists), +, -, *,
+ * {% macro name(a, b=default) %} (called with positional and keyword
+ * arguments, recursion bounded, seeing its arguments and the template's
+ * top-level variables), comments; literals (strings, ints, floats,
+ * true/false/none, lists), +, -, *,
  * /, //, %, ~, comparisons, in / not in, is / is not tests (defined,
  * undefined, none, string, number, integer, float, boolean, true, false,
  * mapping, sequence, iterable, even, odd), and/or/not, a if c else b,
  * attribute and subscript access, negative indices, slices [a:b:c], filters
- * (trim, length, count, tojson, string, default/d, upper, lower, first,
- * last, join, list, int, capitalize, items), methods (startswith, endswith,
- * split, strip, lstrip, rstrip, replace, upper, lower, items, keys, values,
- * get), functions namespace(), raise_exception(), range().
+ * (trim, length, count, tojson with json.dumps' ensure_ascii / indent /
+ * separators / sort_keys, string, default/d, upper, lower, first, last,
+ * join, list, int, capitalize, items), methods (startswith, endswith,
+ * split with maxsplit, strip, lstrip, rstrip, replace, upper, lower, items,
+ * keys, values, get), functions namespace(), raise_exception(), range(),
+ * strftime_now() (local time, or SOURCE_DATE_EPOCH in UTC when that
+ * environment variable is set).
  *
- * What it is not: full Jinja. Macros, call blocks, includes, filters or
+ * What it is not: full Jinja. Call blocks, macro *args and **kwargs, includes,
+ * filters or
  * tests or methods outside the lists above, dict literals and {% raw %} are
  * refused with SL_ERR_UNSUPPORTED when the template is parsed — never
  * skipped silently. Scoping follows Jinja: a {% set %} inside a for loop
  * does not leak out of it (hence namespace()).
+ *
+ * Limits: a rendered string stops at 64 MiB and macro calls nest at most
+ * 64 deep (SL_ERR_ARG with the line), so no template exhausts memory or
+ * the stack.
  *
  * Invariants: a parsed template is immutable and may be rendered from
  * several threads at once; a render allocates only from its own arena.

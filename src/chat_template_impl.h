@@ -29,6 +29,7 @@ enum ct_kind {
     CT_SET,      /* set s = a, or set s.s2 = a (namespace attribute) */
     CT_BREAK,
     CT_CONTINUE,
+    CT_MACRO,    /* macro s(kw[i] = kids[i] or NULL default, ...): b (list) */
     /* expressions */
     CT_STR,      /* s, len */
     CT_INT,      /* i */
@@ -41,7 +42,8 @@ enum ct_kind {
     CT_INDEX,    /* a[b] */
     CT_SLICE,    /* a[kids[0]:kids[1]:kids[2]] (each may be NULL) */
     CT_METHOD,   /* a.s(kids) */
-    CT_CALL,     /* s(kids): namespace, raise_exception, range */
+    CT_CALL,     /* s(kids): a built-in (op 0: namespace, raise_exception,
+                    range, strftime_now) or a template macro (op 1) */
     CT_FILTER,   /* a | s(kids) */
     CT_TEST,     /* a is [not] s  (op = 1 for "is not") */
     CT_NOT,      /* not a */
