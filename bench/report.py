@@ -20,6 +20,14 @@ Result kinds it understands (the "kind"/"engine" keys):
                         or .jsonl): listed per scenario; results that differ
                         only in cache budget become a tok/s-vs-cache plot.
   - "engine": "disk"   — `sluice bench --disk FILE --json`: physical limits.
+  - "kind": "gpu_limits" — bench/peers/gpu_peers.sh: host-to-device (pinned,
+                        pageable), device-to-host and device-to-device
+                        bandwidth on the GPU machine.
+GPU peer results (bench/peers/gpu_peers.sh) are "peer" results whose
+machine has a "gpu", whose limit is HBM (resident) or host-to-device
+(streaming) bandwidth and whose peers may carry a limit of their own (the
+bytes transformers' offload copies per token). Plain sluice results with a
+"gpu_cache_bytes" key are plotted against the GPU cache size.
   - "kind": "table"   — any other tool's results: {"kind": "table",
                         "title", "columns": [...], "rows": [[...]], "note"}
                         rendered as is (e.g. bench_matvec once it emits JSON).
@@ -71,7 +79,8 @@ def machine(o):
     m = o.get("machine", o)
     la = m.get("loadavg")
     load = f", load {la[0]}" if la else ""
-    return f"{m.get('cpu', '?')}, {m.get('n_cpus', '?')} cpus{load}"
+    gpu = f"{m['gpu'].split(',')[0]} + " if m.get("gpu") else ""
+    return f"{gpu}{m.get('cpu', '?')}, {m.get('n_cpus', '?')} cpus{load}"
 
 
 def short_cmd(c):
@@ -95,19 +104,22 @@ def peer_section(scen, runs):
     L.append("|---|---|---|---:|---|---:|---:|---|---:|")
     notes = []
     for o in runs:
-        s, lim = o["sluice"], o.get("limit", {})
+        s, lim = o["sluice"], o.get("limit") or {}
         for p in o.get("peers", []):
             for metric, key in (("prompt", "prompt_tps"), ("decode", "decode_tps")):
                 sv, pv = s[key], p[key]
                 if metric == "decode" and lim.get("decode_tps"):
-                    lt = (f"{lim['decode_tps']:.2f} tok/s ({lim.get('gbs', 0):.1f} GB/s ÷ "
+                    what = f"{lim['name']}: " if lim.get("name") and "gpu" in o.get("machine", {}) else ""
+                    lt = (f"{what}{lim['decode_tps']:.2f} tok/s ({lim.get('gbs', 0):.1f} GB/s ÷ "
                           f"{lim.get('active_bytes_per_token', 0) / 2**20:.1f} MiB/token)")
                     # a peer that reads other bytes per token has its own limit
-                    plim = (p.get("limit") or {}).get("decode_tps") or lim["decode_tps"]
+                    pl = p.get("limit") or {}
+                    plim = pl.get("decode_tps") or lim["decode_tps"]
                     pct = f"{100 * sv / lim['decode_tps']:.0f}% (peer {100 * pv / plim:.0f}%)"
-                    if p.get("limit", {}).get("decode_tps"):
+                    if pl.get("decode_tps"):
                         lt += (f"; peer {plim:.2f} tok/s "
-                               f"({p['limit']['active_bytes_per_token'] / 2**20:.1f} MiB/token)")
+                               f"({pl['active_bytes_per_token'] / 2**20:.1f} MiB/token"
+                               f"{', ' + pl['name'] if what and pl.get('name') else ''})")
                 else:
                     lt, pct = lim.get("prompt_note", "compute-bound (no memory limit binds)"), "—"
                 L.append(f"| {machine(o)} | `{short_cmd(s['command'])}` | {metric} | "
@@ -121,6 +133,14 @@ def peer_section(scen, runs):
             notes.append(f"- {o['_file']}: same-weights check on a small model: max |Δlogit| / "
                          f"max |logit| = {c['max_rel_diff']:.4f}, min cosine {c['min_cosine']:.6f}, "
                          f"argmax agrees {c['argmax_agree']}.")
+        for p in o.get("peers", []):
+            r0 = p["rounds"][0]
+            if r0.get("offloaded_bytes") or r0.get("gpu_peak_bytes"):
+                notes.append(f"- {o['_file']}: {p['name']}: parameters "
+                             f"{r0.get('param_bytes', 0) / 2**30:.2f} GiB, offloaded to the host "
+                             f"{r0.get('offloaded_bytes', 0) / 2**30:.2f} GiB, GPU peak "
+                             f"{(r0.get('gpu_peak_bytes') or 0) / 2**30:.2f} GiB, load "
+                             f"{r0.get('load_seconds', 0):.0f} s.")
         st = s["rounds"][0].get("decode_ms_per_token")
         if st:
             notes.append(f"- {o['_file']}: sluice decode ms/token by stage (round 1): " +
@@ -134,12 +154,12 @@ def sluice_section(scen, runs, plot_dir, rel_dir):
          "| GB/s achieved | limit tok/s | % of limit | hit rate | disk MiB/token | logits hash |",
          "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for o in runs:
-        lim, which = o.get("limit_tps") or 0, "RAM"
+        lim, which = o.get("limit_tps") or 0, "bench" if o.get("gpu_cache_bytes") else "RAM"
         if o.get("disk_limit_tps") and o["disk_limit_tps"] < lim:
             lim, which = o["disk_limit_tps"], "disk"
         cfg = o.get("config") or "—"
         L.append(f"| {machine(o)} | {o.get('model', '?')} | {cfg} | "
-                 f"{o.get('cache_budget_bytes', 0) / 2**20:.1f} MiB | "
+                 f"{cache_of(o)[0] / 2**20:.1f} MiB{' GPU' if cache_of(o)[1] == 'GPU' else ''} | "
                  f"{fmt(o['prompt_tps'], o.get('prompt_tps_sd'))} | "
                  f"{fmt(o['decode_tps'], o.get('decode_tps_sd'))} | "
                  f"{o.get('active_bytes_per_token', 0) / 2**20:.1f} | {fmt(o.get('achieved_gbs'))} | "
@@ -155,13 +175,21 @@ def sluice_section(scen, runs, plot_dir, rel_dir):
         if "cache_budget_bytes" in o:
             by_model.setdefault(o.get("model", "?"), []).append(o)
     for i, (model, rs) in enumerate(by_model.items()):
-        sizes = sorted({r["cache_budget_bytes"] for r in rs})
+        sizes = sorted({cache_of(r)[0] for r in rs})
         if len(sizes) < 2:
             continue
         png = f"{scen}-cache-{i}.png"
         if plot_cache(rs, os.path.join(plot_dir, png), f"{scen}: {model}"):
             L += [f"![decode tok/s against expert cache size]({rel_dir}/{png})", ""]
     return L
+
+
+def cache_of(r):
+    """(bytes, tier) of the cache a run varies: the GPU expert cache when the
+    result says so (gpu_peers.sh), else the RAM expert cache."""
+    if r.get("gpu_cache_bytes"):
+        return r["gpu_cache_bytes"], "GPU"
+    return r.get("cache_budget_bytes", 0), "RAM"
 
 
 def plot_cache(rs, path, title):
@@ -172,15 +200,16 @@ def plot_cache(rs, path, title):
     except ImportError:
         print("report.py: matplotlib missing: no plots (pip install matplotlib)", file=sys.stderr)
         return False
-    rs = sorted(rs, key=lambda r: r["cache_budget_bytes"])
+    rs = sorted(rs, key=lambda r: cache_of(r)[0])
     eb = rs[0].get("expert_bytes") or 1
-    x = [100 * r["cache_budget_bytes"] / eb for r in rs]
+    x = [100 * min(cache_of(r)[0], eb) / eb for r in rs]
+    tier = cache_of(rs[0])[1]
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
     ax.errorbar(x, [r["decode_tps"] for r in rs], yerr=[r.get("decode_tps_sd", 0) for r in rs],
                 marker="o", label="decode")
     ax.errorbar(x, [r["prompt_tps"] for r in rs], yerr=[r.get("prompt_tps_sd", 0) for r in rs],
                 marker="s", label="prompt")
-    ax.set_xlabel("expert cache (% of expert bytes)")
+    ax.set_xlabel(f"{'GPU ' if tier == 'GPU' else ''}expert cache (% of expert bytes)")
     ax.set_ylabel("tok/s")
     ax.set_title(textwrap.fill(title, 90), fontsize=7)
     ax.grid(alpha=0.3)
@@ -197,10 +226,12 @@ def generate(results, plot_dir, rel_dir):
          "Generated by `make bench-report` (bench/report.py) from bench/results/*.json — edit "
          "the JSON's producer, not this part. Ratios are sluice ÷ peer on the same machine, "
          "in the same script run, on the same weights and token trace.", ""]
-    peers, plain, disks, tables, skipped = {}, {}, [], [], []
+    peers, plain, disks, tables, skipped, gpus = {}, {}, [], [], [], []
     for o in results:
         if o.get("kind") == "peer":
             peers.setdefault(o["scenario"], []).append(o)
+        elif o.get("kind") == "gpu_limits":
+            gpus.append(o)
         elif o.get("kind") == "table":
             tables.append(o)
         elif o.get("engine") == "sluice":
@@ -219,6 +250,16 @@ def generate(results, plot_dir, rel_dir):
         L += [f"| {os.path.basename(d['disk_file'])} | {d['disk_qd']} | "
               f"{d['disk_block'] >> 10} KiB | {d['disk_read_gbs']:.2f} |" for d in disks]
         L.append("")
+    if gpus:
+        L += ["### Physical limits: GPU machine bandwidth", "",
+              "| machine | GPU | host-to-device pinned GB/s | host-to-device pageable GB/s | "
+              "device-to-host pinned GB/s | device-to-device GB/s (read + write) |",
+              "|---|---|---:|---:|---:|---:|"]
+        L += [f"| {machine(g)} | {g.get('gpu', '?')} | {fmt(g.get('h2d_pinned_gbs'), digits=1)} | "
+              f"{fmt(g.get('h2d_pageable_gbs'), digits=1)} | {fmt(g.get('d2h_pinned_gbs'), digits=1)} | "
+              f"{fmt(g.get('d2d_read_write_gbs'), digits=1)} |" for g in gpus]
+        L += ["", f"Method: {gpus[0].get('method', '?')} (best of the repetitions; means in the JSON).",
+              ""]
     for t in tables:
         L += [f"### {t.get('title', t['_file'])}", "",
               "| " + " | ".join(t["columns"]) + " |", "|" + "---|" * len(t["columns"])]

@@ -24,7 +24,7 @@ if [ -z "${SKIP_TEST:-}" ]; then
   for t in $R/test_cuda*; do
     n=$(basename $t)
     echo "== $n"
-    timeout 150 $t 2>&1 | tee "$O/$n.log" | grep -v "^ok\|^  ok" | tail -40
+    timeout ${TEST_TIMEOUT:-150} $t 2>&1 | tee "$O/$n.log" | grep -v "^ok\|^  ok" | tail -40
   done
   if [ -n "${TEST_ENV:-}" ]; then # the tests again under other tuning knobs
     echo "== test_cuda with $TEST_ENV"

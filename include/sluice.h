@@ -76,6 +76,11 @@ const char *sl_backend_desc(void);
  * GiB), gpu cache 6144 slots x 3.0 MiB"). Borrowed, model lifetime. */
 struct sl_model;
 const char *sl_model_backend_desc(const struct sl_model *model);
+/* The limits a GPU model runs against, measured now (about 0.1 s): device
+ * memory bandwidth (GB/s read + written, a device-to-device copy) and pinned
+ * host-to-device bandwidth (GB/s). SL_ERR_UNSUPPORTED on a CPU model. */
+int sl_model_measure_device_bandwidth(struct sl_model *model, double *mem_gbs,
+                                      double *h2d_gbs);
 
 /* ---- data types of stored tensors ------------------------------------- */
 
@@ -149,6 +154,19 @@ enum sl_device {
                                    memory, else 90% of what remains after the
                                    dense weights and a reserve */
 
+/* SL_DEVICE_CUDA, an expert missing from the GPU cache (docs/cuda.md): */
+enum sl_gpu_miss_policy {
+    SL_GPU_MISS_UPLOAD = 0, /* (default) always upload: logits bit-identical
+                               whatever the GPU cache size */
+    SL_GPU_MISS_AUTO = 1,   /* per miss, from measured numbers: upload it, or
+                               (decode, batches <= 4, the record in host RAM)
+                               compute it on the CPU where the weights are,
+                               whichever finishes first while the GPU runs
+                               the resident experts; logits then depend on
+                               the timings (cosine >= 0.9999, not bit-exact) */
+    SL_GPU_MISS_CPU = 2,    /* always compute misses on the CPU */
+};
+
 struct sl_model_params {
     int n_threads;          /* compute threads; 0 = number of online CPUs */
     int use_mlock;          /* nonzero: mlock the dense tensors */
@@ -170,6 +188,7 @@ struct sl_model_params {
                                bytes (a hard limit on expert bytes in device
                                memory), or SL_GPU_CACHE_AUTO / SL_RAM_CACHE_ALL
                                (every expert resident) */
+    int gpu_miss_policy;    /* enum sl_gpu_miss_policy (default UPLOAD) */
 };
 struct sl_model_params sl_model_default_params(void);
 
@@ -321,6 +340,16 @@ struct sl_stats {
     uint64_t gpu_h2d_bytes;      /* bytes copied host -> device (experts) */
     double gpu_h2d_seconds;      /* device time of those copies */
     uint64_t gpu_cache_bytes;    /* the GPU cache budget (slots x record) */
+    uint64_t gpu_cpu_experts;    /* GPU misses computed on the CPU instead
+                                    (gpu_miss_policy); hits + uploads + these
+                                    = the (layer, expert) uses */
+    double gpu_cpu_seconds;      /* wall time of those CPU computations */
+    uint64_t gpu_staged_uploads; /* uploads (demand and prefetch) through the
+                                    pinned staging copy rather than straight
+                                    from the registered host RAM cache */
+    uint64_t gpu_prefetch_uploads; /* lookahead uploads into the GPU cache */
+    uint64_t gpu_prefetch_useful;  /* of those, used before eviction */
+    uint64_t gpu_prefetch_wasted;  /* of those, evicted unused */
 };
 void sl_context_stats(const struct sl_context *ctx, struct sl_stats *out);
 

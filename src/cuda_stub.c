@@ -45,6 +45,12 @@ int cuda_ctx_create(struct sl_context *ctx, struct cuda_ctx **out) {
 
 void cuda_ctx_free(struct cuda_ctx *cc) { (void)cc; }
 
+int cuda_measure_bandwidth(struct cuda_model *cm, double *mem_gbs, double *h2d_gbs) {
+    (void)cm;
+    *mem_gbs = *h2d_gbs = 0;
+    return sl_seterr(SL_ERR_UNSUPPORTED, "built without CUDA");
+}
+
 int forward_batch_cuda(struct sl_context *ctx, const int32_t *tokens, int n, uint32_t pos,
                        float *logits, int all_logits) {
     (void)ctx, (void)tokens, (void)n, (void)pos, (void)logits, (void)all_logits;

@@ -756,6 +756,33 @@ void expert_store_release(struct expert_store *s, uint32_t layer, uint32_t exper
     pthread_mutex_unlock(&s->mu);
 }
 
+int expert_store_try_acquire(struct expert_store *s, uint32_t layer, uint32_t expert,
+                             struct expert_view *view) {
+    const struct sl_expert_layer *el = layer_of(s, layer);
+    if (!el || expert >= el->n_experts) return 0;
+    if (s->io_mode == SL_IO_MMAP) {
+        struct entry e = {.layer = layer, .expert = expert};
+        fill_view(s, &e, view);
+        return 1;
+    }
+    pthread_mutex_lock(&s->mu);
+    struct entry *e = entry_of(s, layer, (int32_t)expert);
+    int got = e->state == E_READY;
+    if (got) {
+        e->refs++;
+        fill_view(s, e, view);
+    }
+    pthread_mutex_unlock(&s->mu);
+    return got;
+}
+
+int expert_store_host_arena(const struct expert_store *s, void **base, uint64_t *bytes) {
+    if (s->io_mode == SL_IO_MMAP || !s->arena || !s->n_slots) return 0;
+    *base = s->arena;
+    *bytes = (uint64_t)s->n_slots * s->slot_size;
+    return 1;
+}
+
 /* ---- prefetch ---- */
 
 int expert_store_prefetch_wanted(struct expert_store *s, uint32_t layer) {

@@ -113,6 +113,20 @@ int expert_store_acquire_next(struct expert_store *s, uint32_t layer,
 void expert_store_cancel(struct expert_store *s, uint32_t layer,
                          const int32_t *experts, uint8_t *done, int n);
 
+/* Pins (layer, expert) and fills *view only if it is resident now (in
+ * SL_IO_MMAP mode: always); never blocks, starts no read, counts no use.
+ * Returns 1 when pinned (pair with expert_store_release), 0 when it is not
+ * resident or the ids are out of range (nothing pinned). For the GPU
+ * expert cache: prefetch uploads and the per-miss choice (docs/cuda.md). */
+int expert_store_try_acquire(struct expert_store *s, uint32_t layer,
+                             uint32_t expert, struct expert_view *view);
+/* The RAM cache's slot arena (one allocation, fixed for the store's
+ * lifetime; views of resident records point into it): *base and *bytes, or
+ * 0 with nothing set when there is none (SL_IO_MMAP mode, no routed
+ * experts). The GPU backend page-locks it for direct uploads. */
+int expert_store_host_arena(const struct expert_store *s, void **base,
+                            uint64_t *bytes);
+
 /* Nonzero when a lookahead prediction for layer would be used: prefetch
  * is on, not paused, and the layer has routed experts. */
 int expert_store_prefetch_wanted(struct expert_store *s, uint32_t layer);

@@ -182,15 +182,17 @@ static int expert_ffn(struct sl_context *ctx, uint32_t l, int e, const int dtype
     return SL_OK;
 }
 
-/* Router lookahead: layer l+1's router applied to layer l's ffn-normed
- * input ctx->xb (n, hidden) predicts the experts l+1 will pick; they are
+/* Router lookahead: the next MoE layer's router (l+1's, or later past dense
+ * layers) applied to layer l's ffn-normed input ctx->xb (n, hidden) predicts
+ * the experts it will pick; they are
  * handed to the store as low-priority prefetch while layer l computes. The
  * prediction only moves bytes, never numbers. Uses ctx->router as scratch
  * (layer l's routing is done by then) and ctx->pf_ids for the union of the
  * chunk's predictions. */
 static void lookahead(struct sl_context *ctx, uint32_t l, int n) {
     const struct sl_config *c = &ctx->model->cfg;
-    uint32_t nl = l + 1;
+    uint32_t nl = l + 1; /* the next MoE layer (dense ones may come between) */
+    while (nl < c->n_layers && !c->layer_is_moe[nl]) nl++;
     int k = (int)c->n_experts_used, ne = (int)c->n_experts;
     if (nl >= c->n_layers || !c->layer_is_moe[nl] || k > 64 ||
         !expert_store_prefetch_wanted(ctx->model->experts, nl))

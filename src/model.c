@@ -427,6 +427,12 @@ const char *sl_model_desc(const struct sl_model *m) { return m->desc; }
 const char *sl_model_backend_desc(const struct sl_model *m) {
     return m->cuda ? cuda_model_desc(m->cuda) : sl_backend_desc();
 }
+int sl_model_measure_device_bandwidth(struct sl_model *m, double *mem_gbs, double *h2d_gbs) {
+    if (!m || !mem_gbs || !h2d_gbs) return sl_seterr(SL_ERR_ARG, "null argument");
+    *mem_gbs = *h2d_gbs = 0;
+    if (!m->cuda) return sl_seterr(SL_ERR_UNSUPPORTED, "the model runs on the CPU");
+    return cuda_measure_bandwidth(m->cuda, mem_gbs, h2d_gbs);
+}
 uint64_t sl_model_expert_bytes(const struct sl_model *m) { return m->file.expert_bytes; }
 uint64_t sl_model_dense_bytes(const struct sl_model *m) { return m->file.dense_bytes; }
 const struct sl_tokenizer *sl_model_tokenizer(const struct sl_model *m) { return m->tok; }

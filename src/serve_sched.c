@@ -1,14 +1,18 @@
 /*
- * serve_sched.c — the request scheduler (contract in serve_sched.h): a queue, a pool of
- * contexts with a prefix cache, and one thread that steps every active
- * request in turn.
+ * serve_sched.c — the request scheduler (contract in serve_sched.h): a
+ * queue, one multi-sequence context (or one context per slot as the
+ * fallback) with a prefix cache, and one thread that runs continuous
+ * batching steps: a prefill batch of prompt chunks, then ONE decode batch
+ * of every decoding request's next token.
  *
  * Not here: HTTP, JSON, templates. Invariants: only the scheduler thread
- * evaluates, samples or touches a slot's context; everything a client can
- * see (a request's tokens, text, finish reason, the queue, the counters) is
- * written under s->mu; a request is freed exactly once, by whichever of the
- * scheduler (retiring a released request) and the client (releasing a
- * finished or queued one) comes last.
+ * evaluates, samples or touches a slot or a context; everything a client
+ * can see (a request's tokens, text, finish reason, the queue, the
+ * counters) is written under s->mu; a request is freed exactly once, by
+ * whichever of the scheduler (retiring a released request) and the client
+ * (releasing a finished or queued one) comes last. A slot's toks are
+ * exactly the tokens its sequence holds (resynchronised with sl_seq_pos_max
+ * after a failed evaluation).
  */
 #include "serve_sched.h"
 
@@ -18,15 +22,15 @@
 #include <string.h>
 #include <time.h>
 
-#include "context.h"
-#include "cpu/pool.h"
 #include "util.h"
 
 enum { R_QUEUED, R_ACTIVE, R_DONE };
 
+/* One sequence: in the shared context (batched) or in its own context. */
 struct slot {
-    struct sl_context *ctx;  /* NULL until first used */
-    int32_t *toks;           /* (cap) ids evaluated in ctx, in order */
+    struct sl_context *ctx;  /* batched: s->ctx; else its own, NULL until used */
+    int32_t seq;             /* the sequence id in ctx (0 when not batched) */
+    int32_t *toks;           /* (cap) ids the sequence holds, in order */
     size_t n_toks, cap;
     int in_use;
     uint64_t last_used;
@@ -54,7 +58,11 @@ struct sched_req {
     char error[256];
     /* scheduler private */
     struct slot *slot;
-    size_t n_done;           /* prompt tokens evaluated in the slot */
+    size_t n_done;           /* prompt tokens the slot holds; the prompt's
+                                last token is evaluated as the first decode
+                                token (pending), so n_done < n_prompt */
+    int32_t pending;         /* decoding: the token to evaluate next */
+    uint64_t admit_no;       /* admission order (prefill is oldest first) */
     struct sl_sampler *sampler;
     struct sl_detok *detok;
     struct sched_req *next;  /* queue link */
@@ -75,12 +83,16 @@ struct sched {
     int n_queued;
     struct sched_req **active; /* (max_seqs) */
     int n_active;
-    struct sl_pool *pool;    /* the compute threads every context uses: the
-                                first context's pool (contexts are driven by
-                                this one thread, one at a time) */
-    struct slot *slots;      /* (max_seqs + n_cached) */
+    struct sl_context *ctx;  /* batched: the one context of n_slots sequences;
+                                NULL in the fallback */
+    struct slot *slots;      /* (n_slots = max_seqs + n_cached) */
     int n_slots;
-    uint64_t tick;
+    uint64_t tick, n_admitted;
+    /* step scratch (scheduler private, sized at create) */
+    float *rows;             /* (max_seqs, n_vocab) decode logits */
+    int32_t *b_tok, *b_seq;  /* (n_batch_ctx) a batch's tokens and sequences */
+    struct sched_req **b_req; /* (max_seqs) */
+    struct sched_token *b_out; /* (max_seqs) sampled tokens */
     struct sched_metrics m;
 };
 
@@ -183,7 +195,7 @@ static void retire(struct sched *s, struct sched_req *r, int finish) {
     if (r->client_gone) req_free(r);
 }
 
-/* ---- admission: a slot per request, reusing the longest cached prefix ---- */
+/* ---- sequences (scheduler thread only) ----------------------------------- */
 
 static int slot_push(struct slot *sl, const int32_t *ids, size_t n) {
     if (sl->n_toks + n > sl->cap) {
@@ -199,56 +211,134 @@ static int slot_push(struct slot *sl, const int32_t *ids, size_t n) {
     return SL_OK;
 }
 
+/* After a failed evaluation: the slot's tokens = what its sequence kept
+ * (sl_decode_batch rolls back; a hybrid model's sequence is cleared). */
+static void slot_resync(struct slot *sl) {
+    int64_t pm = sl->ctx ? sl_seq_pos_max(sl->ctx, sl->seq) : -1;
+    size_t held = pm < 0 ? 0 : (size_t)pm + 1;
+    if (held < sl->n_toks) sl->n_toks = held;
+}
+
+static void slot_clear(struct slot *sl) {
+    if (sl->ctx) {
+        if (sl_seq_clear(sl->ctx, sl->seq)) sl_context_reset(sl->ctx); /* seq is valid */
+    }
+    sl->n_toks = 0;
+}
+
+/* The slot's context in the fallback (one per slot), created on first use. */
+static int slot_ctx(struct sched *s, struct slot *sl) {
+    if (sl->ctx) return SL_OK;
+    struct sl_context_params cp = sl_context_default_params();
+    cp.n_ctx = s->p.n_ctx;
+    cp.n_batch = s->p.n_batch;
+    cp.n_threads = s->p.n_threads;
+    return sl_context_create(s->model, &cp, &sl->ctx);
+}
+
+/* Keeps dst's first keep tokens, or makes dst hold src's first keep tokens
+ * (src != dst, idle). Any failure leaves dst empty and returns 0 kept: the
+ * request then evaluates its whole prompt. Returns the tokens kept. */
+static size_t slot_reuse(struct sched *s, struct slot *dst, struct slot *src, size_t keep) {
+    if (!keep) {
+        slot_clear(dst);
+        return 0;
+    }
+    int rc = SL_OK;
+    if (src && src != dst) {
+        rc = s->ctx ? sl_seq_copy(s->ctx, src->seq, dst->seq)
+                    : sl_context_copy(dst->ctx, src->ctx);
+        if (!rc) {
+            dst->n_toks = 0;
+            rc = slot_push(dst, src->toks, src->n_toks);
+        }
+    }
+    if (!rc && keep < dst->n_toks) {
+        rc = s->ctx ? sl_seq_truncate(s->ctx, dst->seq, (uint32_t)keep)
+                    : sl_context_truncate(dst->ctx, (uint32_t)keep);
+        if (!rc) dst->n_toks = keep;
+    }
+    if (rc) {
+        sl_log(SL_LOG_DEBUG, "serve: prefix reuse failed (%s); evaluating the whole prompt",
+               sl_errmsg());
+        slot_clear(dst);
+        return 0;
+    }
+    return keep;
+}
+
+/* ---- admission: a slot per request, reusing the longest cached prefix ---- */
+
+static size_t common_prefix(const int32_t *a, size_t na, const int32_t *b, size_t nb) {
+    size_t n = na < nb ? na : nb, i = 0;
+    while (i < n && a[i] == b[i]) i++;
+    return i;
+}
+
+/* Gives r (just made active) a slot holding the longest prefix of its
+ * prompt that the cache has. Called with s->mu held; drops it around the
+ * context work (only this thread touches slots). Returns an error with
+ * r->error set when the request cannot run. */
 static int admit_one(struct sched *s, struct sched_req *r) {
+    for (size_t i = 0; i < r->n_prompt; i++)
+        if (r->prompt[i] < 0 || r->prompt[i] >= s->n_vocab) {
+            snprintf(r->error, sizeof r->error, "prompt evaluation failed: token id %d at "
+                     "index %zu is out of range (vocabulary has %d ids)", r->prompt[i], i,
+                     s->n_vocab);
+            return SL_ERR_RANGE;
+        }
+    size_t limit = r->n_prompt - 1; /* the last prompt token is decoded */
     struct slot *best = NULL, *lru = NULL, *empty = NULL;
+    size_t best_len = 0;
     for (int i = 0; i < s->n_slots; i++) {
         struct slot *sl = &s->slots[i];
         if (sl->in_use) continue;
-        if (!sl->ctx) {
+        if (!sl->n_toks) {
             if (!empty) empty = sl;
             continue;
         }
         if (!lru || sl->last_used < lru->last_used) lru = sl;
-        if (sl->n_toks && sl->n_toks <= r->n_prompt && (!best || sl->n_toks > best->n_toks) &&
-            !memcmp(sl->toks, r->prompt, sl->n_toks * sizeof *sl->toks) &&
-            (sl->n_toks < r->n_prompt || sl_logits(sl->ctx)))
-            best = sl;
+        size_t c = common_prefix(sl->toks, sl->n_toks, r->prompt, limit);
+        /* ties: the one that needs no copy (all its tokens shared) */
+        if (c > best_len || (c && c == best_len && c == sl->n_toks)) best = sl, best_len = c;
     }
-    struct slot *sl = best ? best : empty ? empty : lru;
-    SL_ASSERT(sl != NULL); /* n_slots > max_seqs >= n_active */
-    if (!sl->ctx) {
-        struct sl_context_params cp = sl_context_default_params();
-        cp.n_ctx = s->p.n_ctx;
-        cp.n_batch = s->p.n_batch;
-        cp.n_threads = s->p.n_threads;
-        int rc = sl_context_create(s->model, &cp, &sl->ctx);
-        if (rc) {
-            snprintf(r->error, sizeof r->error, "cannot create a context: %s", sl_errmsg());
-            return rc;
-        }
-        /* Why: one pool per context means every context's workers spin
-         * after its step while the next context computes; sharing one pool
-         * keeps exactly n_threads busy. */
-        if (!s->pool) {
-            s->pool = sl->ctx->pool;
-        } else {
-            pool_free(sl->ctx->pool);
-            sl->ctx->pool = s->pool;
-        }
-    } else if (sl != best) {
-        sl_context_reset(sl->ctx);
-        sl->n_toks = 0;
+    struct slot *dst, *src = NULL;
+    size_t keep = 0;
+    if (best && best_len == best->n_toks) { /* its tokens are a prefix: take it */
+        dst = best;
+        keep = best_len;
+    } else if (best && best_len >= SCHED_MIN_REUSE) { /* fork it, cut the copy */
+        dst = empty ? empty : lru != best ? lru : NULL;
+        for (int i = 0; !dst && i < s->n_slots; i++)
+            if (!s->slots[i].in_use && &s->slots[i] != best &&
+                (!dst || s->slots[i].last_used < dst->last_used))
+                dst = &s->slots[i];
+        if (!dst) dst = best; /* the only idle one: cut it in place */
+        src = best;
+        keep = best_len;
+    } else {
+        dst = empty ? empty : lru;
     }
-    sl->in_use = 1;
-    r->slot = sl;
-    r->n_done = sl->n_toks;
-    r->n_cached = (uint32_t)sl->n_toks;
-    s->m.cached_prompt_tokens += sl->n_toks;
+    SL_ASSERT(dst != NULL); /* n_slots > max_seqs >= n_active */
+    dst->in_use = 1;
+    dst->last_used = ++s->tick;
+    if (src) src->last_used = s->tick;
+    r->slot = dst;
+    r->admit_no = ++s->n_admitted;
+    pthread_mutex_unlock(&s->mu);
+    int rc = s->ctx ? SL_OK : slot_ctx(s, dst);
+    if (!rc) keep = slot_reuse(s, dst, src, keep);
+    pthread_mutex_lock(&s->mu);
+    if (rc) {
+        snprintf(r->error, sizeof r->error, "cannot create a context: %s", sl_errmsg());
+        return rc;
+    }
+    r->n_done = keep;
+    r->pending = r->prompt[r->n_prompt - 1];
+    r->n_cached = (uint32_t)keep;
+    s->m.cached_prompt_tokens += keep;
     return SL_OK;
 }
-
-/* ---- one step --------------------------------------------------------- */
-
 /* Fills tok's logprob and top alternatives from logits (log-softmax at
  * temperature 1: the model's own distribution). */
 static void token_logprobs(const struct sched *s, const float *logits, int n_top,
@@ -276,16 +366,8 @@ static void token_logprobs(const struct sched *s, const float *logits, int n_top
     }
 }
 
-/* The seam for batched decode: evaluates ids[i] in reqs[i]'s context for
- * i < n (one new token each). Today: one sl_eval per context; a
- * multi-sequence decode step will replace this function. Sets rc[i]. */
-static void step_decode(struct sched_req **reqs, const int32_t *ids, int n, int *rc) {
-    for (int i = 0; i < n; i++) {
-        struct slot *sl = reqs[i]->slot;
-        rc[i] = sl_eval(sl->ctx, &ids[i], 1, NULL);
-        if (!rc[i]) rc[i] = slot_push(sl, &ids[i], 1);
-    }
-}
+
+/* ---- one step --------------------------------------------------------- */
 
 static int is_eos(const struct sched *s, int32_t id) {
     for (size_t i = 0; i < s->n_eos; i++)
@@ -293,23 +375,114 @@ static int is_eos(const struct sched *s, int32_t id) {
     return 0;
 }
 
-static void fail_req(struct sched *s, struct sched_req *r, const char *what) {
-    snprintf(r->error, sizeof r->error, "%s: %s", what, sl_errmsg());
-    if (r->slot) { /* a failed eval leaves the context undefined past n_past */
-        sl_context_reset(r->slot->ctx);
-        r->slot->n_toks = 0;
-    }
+/* Under s->mu: r failed; its slot keeps what its sequence still holds. */
+static void fail_req(struct sched *s, struct sched_req *r, const char *what, const char *msg) {
+    snprintf(r->error, sizeof r->error, "%s: %s", what, msg);
+    if (r->slot) slot_resync(r->slot);
     retire(s, r, SCHED_ERROR);
 }
 
-/* One pass over the active requests: a prompt chunk for each request still
- * in its prompt, then one decode step for all the others. Called and
- * returns with s->mu held; drops it around model work. */
+/* The chunk of r's prompt the next prefill evaluates: up to the next
+ * multiple of n_batch positions (the same cut whatever else runs), never
+ * the prompt's last token. */
+static size_t prefill_len(const struct sched *s, const struct sched_req *r) {
+    size_t c = s->p.n_batch, end = (r->n_done / c + 1) * c;
+    if (end > r->n_prompt - 1) end = r->n_prompt - 1;
+    return end - r->n_done;
+}
+
+/* Prefill: whole chunks of the oldest requests in their prompt, n_batch
+ * tokens at most, in one forward pass without logits (the fallback: one
+ * sl_eval per chunk). reqs[0..n) are the active requests; a request whose
+ * chunk failed is set to NULL and its error put in err[i]. Returns the
+ * tokens evaluated. */
+static size_t step_prefill(struct sched *s, struct sched_req **reqs, int n, char **err,
+                           char *msgs, size_t msg_cap) {
+    struct sched_req **pick = s->b_req;
+    int np = 0;
+    size_t total = 0;
+    for (;;) { /* oldest first, whole chunks while they fit */
+        int at = -1;
+        for (int i = 0; i < n; i++) {
+            struct sched_req *r = reqs[i];
+            if (!r || r->n_done + 1 >= r->n_prompt) continue;
+            int taken = 0;
+            for (int j = 0; j < np && !taken; j++) taken = pick[j] == r;
+            if (!taken && (at < 0 || r->admit_no < reqs[at]->admit_no)) at = i;
+        }
+        if (at < 0) break;
+        size_t k = prefill_len(s, reqs[at]);
+        if (total + k > s->p.n_batch) break;
+        pick[np++] = reqs[at];
+        total += k;
+    }
+    if (!np) return 0;
+    int rc = SL_OK;
+    if (s->ctx) {
+        size_t at = 0;
+        for (int j = 0; j < np; j++) {
+            struct sched_req *r = pick[j];
+            size_t k = prefill_len(s, r);
+            memcpy(s->b_tok + at, r->prompt + r->n_done, k * sizeof *s->b_tok);
+            for (size_t q = 0; q < k; q++) s->b_seq[at + q] = r->slot->seq;
+            at += k;
+        }
+        struct sl_batch b = {total, s->b_tok, s->b_seq, NULL};
+        rc = sl_decode_batch(s->ctx, &b);
+        if (rc) snprintf(msgs, msg_cap, "%s", sl_errmsg());
+    }
+    for (int j = 0; j < np; j++) {
+        struct sched_req *r = pick[j];
+        size_t k = prefill_len(s, r);
+        int rj = rc;
+        if (!s->ctx) {
+            rj = sl_eval(r->slot->ctx, r->prompt + r->n_done, k, NULL);
+            if (rj) snprintf(msgs, msg_cap, "%s", sl_errmsg());
+        }
+        if (!rj) rj = slot_push(r->slot, r->prompt + r->n_done, k);
+        if (!rj) {
+            r->n_done += k;
+            continue;
+        }
+        for (int i = 0; i < n; i++)
+            if (reqs[i] == r) {
+                err[i] = msgs; /* the message of the failed pass */
+                reqs[i] = NULL;
+            }
+    }
+    return total;
+}
+
+/* Decode: evaluates dec[i]->pending for i < n in ONE forward pass (the
+ * fallback: one sl_eval each), so each routed expert is read once for all
+ * of them; on success row i of s->rows holds dec[i]'s logits. Sets rc[i]. */
+static void step_decode(struct sched *s, struct sched_req **dec, int n, int *rc, char *msg,
+                        size_t msg_cap) {
+    size_t nv = (size_t)s->n_vocab;
+    if (s->ctx) {
+        for (int i = 0; i < n; i++) {
+            s->b_tok[i] = dec[i]->pending;
+            s->b_seq[i] = dec[i]->slot->seq;
+        }
+        struct sl_batch b = {(size_t)n, s->b_tok, s->b_seq, s->rows};
+        int st = sl_decode_batch(s->ctx, &b);
+        if (st) snprintf(msg, msg_cap, "%s", sl_errmsg());
+        for (int i = 0; i < n; i++) rc[i] = st;
+    } else {
+        for (int i = 0; i < n; i++) {
+            rc[i] = sl_eval(dec[i]->slot->ctx, &dec[i]->pending, 1, NULL);
+            if (rc[i]) snprintf(msg, msg_cap, "%s", sl_errmsg());
+            else memcpy(s->rows + i * nv, sl_logits(dec[i]->slot->ctx), nv * sizeof(float));
+        }
+    }
+    for (int i = 0; i < n; i++)
+        if (!rc[i]) rc[i] = slot_push(dec[i]->slot, &dec[i]->pending, 1);
+}
+
+/* One continuous-batching step over the active requests: a prefill batch,
+ * then one decode batch, then sampling and publishing. Called and returns
+ * with s->mu held; drops it around model work. */
 static void step_all(struct sched *s) {
-    int n = s->n_active;
-    struct sched_req *reqs[n > 0 ? n : 1], *dec[n > 0 ? n : 1];
-    int32_t ids[n > 0 ? n : 1];
-    int rcs[n > 0 ? n : 1], n_dec = 0;
     double t_now = now_s();
     for (int i = 0; i < s->n_active;) {
         struct sched_req *r = s->active[i];
@@ -317,63 +490,62 @@ static void step_all(struct sched *s) {
         else if (r->deadline > 0 && t_now > r->deadline) retire(s, r, SCHED_TIMEOUT);
         else i++;
     }
-    n = s->n_active;
+    int n = s->n_active;
+    if (!n) return;
+    struct sched_req *reqs[n], *s_orig[n], *dec[n];
+    char *err[n];
+    int rcs[n], n_dec = 0;
+    char pmsg[256] = "", dmsg[256] = "";
     memcpy(reqs, s->active, (size_t)n * sizeof *reqs);
+    memcpy(s_orig, s->active, (size_t)n * sizeof *reqs);
+    memset(err, 0, sizeof err);
     pthread_mutex_unlock(&s->mu);
-    /* prompts: one chunk each (a long prompt does not stall the others) */
+
     double t0 = now_s();
-    int any_prompt = 0;
-    for (int i = 0; i < n; i++) {
-        struct sched_req *r = reqs[i];
-        if (r->n_done >= r->n_prompt) continue;
-        size_t k = r->n_prompt - r->n_done, chunk = s->p.n_batch ? s->p.n_batch : 64;
-        if (k > chunk * 4) k = chunk * 4;
-        int rc = sl_eval(r->slot->ctx, r->prompt + r->n_done, k, NULL);
-        if (!rc) rc = slot_push(r->slot, r->prompt + r->n_done, k);
-        any_prompt = 1;
-        if (rc) {
-            pthread_mutex_lock(&s->mu);
-            fail_req(s, r, "prompt evaluation failed");
-            pthread_mutex_unlock(&s->mu);
-            reqs[i] = NULL;
-            continue;
-        }
-        r->n_done += k;
-        /* sampling waits for the next pass, so every request moves once */
-        reqs[i] = NULL;
-    }
+    size_t n_pre = step_prefill(s, reqs, n, err, pmsg, sizeof pmsg);
     double t1 = now_s();
-    /* decode: sample from each context's logits, publish, evaluate */
-    struct sched_token toks[n > 0 ? n : 1];
-    for (int i = 0; i < n; i++) {
-        struct sched_req *r = reqs[i];
-        if (!r) continue;
-        const float *logits = sl_logits(r->slot->ctx);
-        struct sched_token *t = &toks[n_dec];
+    for (int i = 0; i < n; i++) /* those with their prompt in (but its last token) */
+        if (reqs[i] && reqs[i]->n_done + 1 >= reqs[i]->n_prompt) dec[n_dec++] = reqs[i];
+    if (n_dec) step_decode(s, dec, n_dec, rcs, dmsg, sizeof dmsg);
+    double t2 = now_s();
+    size_t nv = (size_t)s->n_vocab;
+    for (int i = 0; i < n_dec; i++) { /* sampling: the scheduler's own state */
+        if (rcs[i]) continue;
+        const float *logits = s->rows + i * nv;
+        struct sched_token *t = &s->b_out[i];
         memset(t, 0, sizeof *t);
-        t->id = sl_sample(r->sampler, logits);
-        if (r->p.logprobs) token_logprobs(s, logits, r->p.top_logprobs, t);
-        dec[n_dec++] = r;
+        t->id = sl_sample(dec[i]->sampler, logits);
+        if (dec[i]->p.logprobs) token_logprobs(s, logits, dec[i]->p.top_logprobs, t);
     }
+
     pthread_mutex_lock(&s->mu);
-    int n_eval = 0;
+    for (int i = 0; i < n; i++)
+        if (err[i]) fail_req(s, s_orig[i], "prompt evaluation failed", err[i]);
     for (int i = 0; i < n_dec; i++) {
         struct sched_req *r = dec[i];
-        struct sched_token *t = &toks[i];
+        struct sched_token *t = &s->b_out[i];
+        if (rcs[i]) {
+            fail_req(s, r, "decode failed", dmsg);
+            continue;
+        }
         if (!r->p.ignore_eos && is_eos(s, t->id)) {
             retire(s, r, SCHED_STOP);
             continue;
         }
         const char *txt;
         size_t tl;
-        int stopped = 0;
-        if (r->n_tokens == r->cap_tokens || sl_detok_push(r->detok, t->id, &txt, &tl) ||
-            gen_append(r, txt, tl)) {
+        if (sl_detok_push(r->detok, t->id, &txt, &tl)) { /* an id the tokenizer lacks */
+            snprintf(r->error, sizeof r->error, "cannot decode the sampled token: %s",
+                     sl_errmsg());
+            retire(s, r, SCHED_ERROR);
+            continue;
+        }
+        if (r->n_tokens == r->cap_tokens || gen_append(r, txt, tl)) {
             snprintf(r->error, sizeof r->error, "out of memory");
             retire(s, r, SCHED_ERROR);
             continue;
         }
-        stopped = r->stop_hit = release_text(r);
+        int stopped = r->stop_hit = release_text(r);
         t->text_end = r->released;
         r->tokens[r->n_tokens++] = *t;
         s->m.generated_tokens++;
@@ -381,32 +553,45 @@ static void step_all(struct sched *s) {
         if (stopped) retire(s, r, SCHED_STOP);
         else if ((int32_t)r->n_tokens >= r->p.max_tokens) retire(s, r, SCHED_LENGTH);
         else if (r->slot->n_toks + 1 > s->p.n_ctx) retire(s, r, SCHED_LENGTH);
-        else {
-            dec[n_eval] = r;
-            ids[n_eval++] = t->id;
-        }
+        else r->pending = t->id;
     }
-    pthread_mutex_unlock(&s->mu);
-    if (n_eval) step_decode(dec, ids, n_eval, rcs);
-    double t2 = now_s();
-    pthread_mutex_lock(&s->mu);
-    for (int i = 0; i < n_eval; i++)
-        if (rcs[i] && dec[i]->state == R_ACTIVE) fail_req(s, dec[i], "decode failed");
-    if (any_prompt) s->m.prompt_seconds += t1 - t0;
-    s->m.decode_seconds += t2 - t1;
+    if (n_pre) {
+        s->m.prompt_seconds += t1 - t0;
+        s->m.prefill_steps++;
+        s->m.prefill_batch_tokens += n_pre;
+    }
+    if (n_dec) {
+        s->m.decode_seconds += t2 - t1;
+        s->m.decode_steps++;
+        s->m.decode_batch_tokens += (uint64_t)n_dec;
+        if (n_dec > s->m.decode_batch_max) s->m.decode_batch_max = n_dec;
+    }
     /* the store-wide counters, read here where no context is evaluating */
-    for (int i = 0; i < s->n_slots; i++)
-        if (s->slots[i].ctx) {
-            sl_context_stats(s->slots[i].ctx, &s->m.store);
-            break;
-        }
+    uint64_t loads = 0, bytes = 0;
+    int first = 1, cached = 0, contexts = s->ctx != NULL;
+    for (int i = 0; i < s->n_slots; i++) {
+        struct slot *sl = &s->slots[i];
+        cached += !sl->in_use && sl->n_toks > 0;
+        contexts += !s->ctx && sl->ctx;
+        if (!sl->ctx || (s->ctx && i > 0)) continue;
+        struct sl_stats st;
+        sl_context_stats(sl->ctx, &st);
+        if (first) s->m.store = st;
+        first = 0;
+        loads += st.expert_loads;
+        bytes += st.expert_bytes_read;
+    }
+    s->m.store.expert_loads = loads;
+    s->m.store.expert_bytes_read = bytes;
+    s->m.cached_seqs = cached;
+    s->m.contexts = contexts;
 }
 
 static void *sched_main(void *arg) {
     struct sched *s = arg;
     pthread_mutex_lock(&s->mu);
     while (!s->stopping) {
-        while (s->q_head && s->n_active < s->p.max_seqs) {
+        while (s->q_head && s->n_active < s->p.max_seqs && !s->stopping) {
             struct sched_req *r = s->q_head;
             s->q_head = r->next;
             if (!s->q_head) s->q_tail = NULL;
@@ -416,7 +601,7 @@ static void *sched_main(void *arg) {
             if (admit_one(s, r)) retire(s, r, SCHED_ERROR);
         }
         if (!s->n_active) {
-            pthread_cond_wait(&s->work, &s->mu);
+            if (!s->stopping) pthread_cond_wait(&s->work, &s->mu);
             continue;
         }
         step_all(s);
@@ -431,15 +616,17 @@ int sched_create(struct sl_model *model, const struct sched_params *params,
                  struct sched **out) {
     *out = NULL;
     struct sched_params p = params ? *params : sched_default_params();
-    if (p.max_seqs < 1 || p.max_seqs > 1024 || p.max_queue < 0 || p.n_cached < 0 ||
-        p.n_cached > 1024)
-        return sl_seterr(SL_ERR_ARG, "scheduler: max_seqs must be 1..1024 (got %d), "
-                         "max_queue >= 0 (got %d), n_cached 0..1024 (got %d)",
-                         p.max_seqs, p.max_queue, p.n_cached);
+    if (p.max_seqs < 1 || p.max_queue < 0 || p.n_cached < 0 ||
+        p.max_seqs + p.n_cached > SCHED_MAX_SEQS)
+        return sl_seterr(SL_ERR_ARG, "scheduler: max_seqs must be >= 1 (got %d), max_queue "
+                         ">= 0 (got %d), n_cached >= 0 (got %d), and max_seqs + n_cached at "
+                         "most %d (one context sequence each)", p.max_seqs, p.max_queue,
+                         p.n_cached, SCHED_MAX_SEQS);
     if (!p.n_ctx) {
         int32_t t = sl_model_n_ctx_train(model);
         p.n_ctx = t > 0 && t < 4096 ? (uint32_t)t : 4096;
     }
+    if (!p.n_batch) p.n_batch = 64;
     struct sched *s = sl_calloc(1, sizeof *s);
     if (!s) return sl_seterr(SL_ERR_NOMEM, "scheduler: out of memory");
     s->model = model;
@@ -447,14 +634,46 @@ int sched_create(struct sl_model *model, const struct sched_params *params,
     s->n_eos = sl_model_eos_ids(model, &s->eos);
     s->n_vocab = sl_model_n_vocab(model);
     s->n_slots = p.max_seqs + p.n_cached;
+    uint32_t nb = p.n_batch > (uint32_t)p.max_seqs ? p.n_batch : (uint32_t)p.max_seqs;
     s->active = sl_calloc((size_t)p.max_seqs, sizeof *s->active);
     s->slots = sl_calloc((size_t)s->n_slots, sizeof *s->slots);
+    s->rows = sl_malloc((size_t)p.max_seqs * (size_t)s->n_vocab * sizeof *s->rows);
+    s->b_tok = sl_malloc(nb * sizeof *s->b_tok);
+    s->b_seq = sl_malloc(nb * sizeof *s->b_seq);
+    s->b_req = sl_malloc((size_t)p.max_seqs * sizeof *s->b_req);
+    s->b_out = sl_malloc((size_t)p.max_seqs * sizeof *s->b_out);
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->work, NULL);
-    if (!s->active || !s->slots) {
+    if (!s->active || !s->slots || !s->rows || !s->b_tok || !s->b_seq || !s->b_req ||
+        !s->b_out) {
         sched_free(s);
         return sl_seterr(SL_ERR_NOMEM, "scheduler: out of memory");
     }
+    /* One context, one sequence per slot; its n_batch fits a prefill batch
+     * and a decode batch of every slot. */
+    struct sl_context_params cp = sl_context_default_params();
+    cp.n_ctx = p.n_ctx;
+    cp.n_batch = nb;
+    cp.n_threads = p.n_threads;
+    cp.n_seq_max = (uint32_t)s->n_slots;
+    int rc = p.per_seq_contexts ? SL_OK : sl_context_create(model, &cp, &s->ctx);
+    if (rc == SL_ERR_UNSUPPORTED) { /* the CUDA device: one context per slot */
+        sl_log(SL_LOG_INFO, "serve: %s; one context per sequence, decoded in turn",
+               sl_errmsg());
+        s->ctx = NULL;
+    } else if (rc) {
+        char msg[512];
+        snprintf(msg, sizeof msg, "%s", sl_errmsg());
+        sched_free(s);
+        return sl_seterr(rc, "scheduler: cannot create its context of %d sequences x %u "
+                         "positions: %s", p.max_seqs + p.n_cached, p.n_ctx, msg);
+    }
+    for (int i = 0; i < s->n_slots; i++) {
+        s->slots[i].ctx = s->ctx;
+        s->slots[i].seq = s->ctx ? i : 0;
+    }
+    s->m.batched = s->ctx != NULL;
+    s->m.contexts = s->ctx != NULL;
     if (pthread_create(&s->thread, NULL, sched_main, s)) {
         sched_free(s);
         return sl_seterr(SL_ERR_INTERNAL, "scheduler: cannot start its thread");
@@ -481,15 +700,19 @@ void sched_free(struct sched *s) {
         if (r->client_gone) req_free(r);
     }
     for (int i = 0; i < s->n_slots && s->slots; i++) {
-        if (s->slots[i].ctx) s->slots[i].ctx->pool = NULL; /* shared: freed below */
-        sl_context_free(s->slots[i].ctx);
+        if (!s->ctx) sl_context_free(s->slots[i].ctx);
         sl_free(s->slots[i].toks);
     }
-    pool_free(s->pool);
+    sl_context_free(s->ctx);
     pthread_cond_destroy(&s->work);
     pthread_mutex_destroy(&s->mu);
     sl_free(s->slots);
     sl_free(s->active);
+    sl_free(s->rows);
+    sl_free(s->b_tok);
+    sl_free(s->b_seq);
+    sl_free(s->b_req);
+    sl_free(s->b_out);
     sl_free(s);
 }
 
@@ -624,7 +847,5 @@ void sched_get_metrics(struct sched *s, struct sched_metrics *m) {
     *m = s->m;
     m->active = s->n_active;
     m->queued = s->n_queued;
-    m->contexts = 0;
-    for (int i = 0; i < s->n_slots; i++) m->contexts += s->slots[i].ctx != NULL;
     pthread_mutex_unlock(&s->mu);
 }

@@ -2,31 +2,46 @@
  * serve_sched.h — the request scheduler of `sluice serve`: many concurrent
  * generation requests over one model, driven by ONE scheduler thread.
  *
- * What it is: a bounded queue of requests, a pool of contexts (one per
- * active request, at most max_seqs active), and a loop that gives every
- * active request one step in turn (a prompt chunk, or one decoded token), so
- * the model's compute threads are never oversubscribed. Sampling, stop
- * strings, end-of-generation ids, max_tokens, per-token logprobs and the
- * request deadline are handled here; clients read a per-request stream of
- * events (text released so far, per-token data, the finish reason).
+ * What it is: a bounded queue of requests, ONE context holding one sequence
+ * per request slot (sl_context_params.n_seq_max = max_seqs + n_cached), and
+ * a loop of steps (continuous batching). Each step is
+ *   1. prefill: whole prompt chunks of the oldest requests still in their
+ *      prompt, up to n_batch tokens in all, in one sl_decode_batch without
+ *      logits (chunks end at multiples of n_batch positions, so a prompt is
+ *      cut the same way whatever else runs; a long prompt takes several
+ *      steps and never stalls the others for more than one chunk);
+ *   2. decode: ONE sl_decode_batch of every decoding request's next token
+ *      (the last prompt token, then each sampled token), so concurrent
+ *      requests share each routed expert read; then sampling.
+ * A running request therefore waits at most one n_batch-token prefill
+ * forward plus one decode forward between two of its tokens. A sequence's
+ * logits in a mixed batch are bit-identical to it alone (rows are
+ * independent in every kernel; tests/test_serve_sched.c checks it), so a
+ * request at temperature 0 gives the same tokens however many others run.
+ * Sampling, stop strings, end-of-generation ids, max_tokens, per-token
+ * logprobs and the request deadline are handled here; clients read a
+ * per-request stream of events (text released so far, per-token data, the
+ * finish reason).
  *
- * Prefix cache: a finished request leaves its context idle with the tokens
- * it evaluated. A new request takes the idle context whose tokens are the
- * longest prefix of its prompt and evaluates only the rest. Contexts cannot
- * be truncated yet (the library has no KV truncation or state save/load),
- * so a context is reused only when ALL its tokens are a prefix of the new
- * prompt (multi-turn chat: the previous prompt + answer); otherwise the
- * least recently used idle context is reset.
+ * Prefix cache: a finished request leaves its sequence idle with the tokens
+ * it evaluated. A new request takes the idle sequence sharing the longest
+ * prefix with its prompt (at most all but the prompt's last token): the
+ * sequence itself when all its tokens are that prefix (multi-turn chat),
+ * else a copy of it truncated to the shared prefix (sl_seq_copy +
+ * sl_seq_truncate: the cached sequence stays for others, e.g. the same
+ * system prompt with another question). Shared prefixes under
+ * SCHED_MIN_REUSE tokens of a longer sequence are not worth a copy; the
+ * request then takes an empty or the least recently used idle sequence.
  *
- * The seam for batched decode (issue 8): serve_sched.c's step_decode() runs one
- * decode step for a set of requests; today it calls sl_eval per context,
- * a multi-sequence step will replace that one function.
+ * Fallback: a model whose contexts cannot hold several sequences (the CUDA
+ * device) gets one context per slot, evaluated with sl_eval one after the
+ * other (same scheduling, no shared reads; sched_metrics.batched = 0).
  *
  * What it is not: HTTP (tools/cli_serve.c), chat templates, tokenizing the
  * prompt.
  *
  * Thread safety: every function may be called from any client thread; the
- * scheduler owns the contexts.
+ * scheduler thread owns the context(s).
  */
 #ifndef SL_SERVE_SCHED_H
 #define SL_SERVE_SCHED_H
@@ -38,14 +53,19 @@
 
 #define SCHED_MAX_STOP 4
 #define SCHED_MAX_TOP_LOGPROBS 20
+#define SCHED_MAX_SEQS 256  /* the context's limit on sequences */
+#define SCHED_MIN_REUSE 8   /* shortest shared prefix worth a copy */
 
 struct sched_params {
-    int max_seqs;          /* requests decoding at once (contexts in use) */
+    int max_seqs;          /* requests decoding at once (sequences in use) */
     int max_queue;         /* requests waiting beyond those; more: busy */
-    int n_cached;          /* idle contexts kept for prefix reuse */
-    uint32_t n_ctx;        /* positions per context */
-    uint32_t n_batch;      /* prompt tokens per step of one request */
+    int n_cached;          /* idle sequences kept for prefix reuse;
+                              max_seqs + n_cached <= SCHED_MAX_SEQS */
+    uint32_t n_ctx;        /* positions per sequence */
+    uint32_t n_batch;      /* prompt tokens per step, all requests (0 = 64) */
     int n_threads;         /* compute threads (0 = the model's) */
+    int per_seq_contexts;  /* 1: the fallback (one context per slot, sl_eval
+                              in turn) even where batching works (tests) */
 };
 
 struct sched_req_params {
@@ -97,7 +117,9 @@ struct sched_req;
 
 struct sched_params sched_default_params(void);
 
-/* Starts the scheduler thread over model (borrowed; must outlive it). */
+/* Starts the scheduler thread over model (borrowed; must outlive it) and
+ * creates its context (max_seqs + n_cached sequences of n_ctx positions,
+ * allocated now: an allocation failure is reported here, with a hint). */
 int sched_create(struct sl_model *model, const struct sched_params *params,
                  struct sched **out);
 /* Cancels every request, joins the thread, frees the contexts. Requests
@@ -117,7 +139,7 @@ int sched_submit(struct sched *s, const int32_t *prompt, size_t n,
  * is then unchanged). */
 int sched_wait(struct sched_req *r, struct sched_view *view, double timeout_s);
 
-/* The client is done with r: a running request is cancelled (its context
+/* The client is done with r: a running request is cancelled (its sequence
  * goes back to the pool) and r is freed once the scheduler lets go. */
 void sched_release(struct sched_req *r);
 
@@ -126,8 +148,18 @@ struct sched_metrics {
     uint64_t requests, finished, rejected_busy;
     uint64_t prompt_tokens, cached_prompt_tokens, generated_tokens;
     double decode_seconds, prompt_seconds; /* scheduler time in steps */
-    int active, queued, contexts;
-    struct sl_stats store;                 /* model-wide expert store */
+    uint64_t decode_steps;                 /* decode forward passes */
+    uint64_t decode_batch_tokens;          /* tokens in them (sum of sizes) */
+    int decode_batch_max;                  /* the largest */
+    uint64_t prefill_steps, prefill_batch_tokens; /* the same for prompts */
+    int active, queued;
+    int contexts;                          /* contexts allocated */
+    int cached_seqs;                       /* idle sequences holding tokens */
+    int batched;                           /* 1: one multi-sequence context */
+    struct sl_stats store;                 /* model-wide expert store; the
+                                              context fields (expert_loads,
+                                              expert_bytes_read) summed
+                                              over the scheduler's contexts */
 };
 void sched_get_metrics(struct sched *s, struct sched_metrics *m);
 

@@ -138,6 +138,9 @@ __attribute__((unused)) static struct sl_model *open_dev(const char *path, int d
     struct sl_model_params mp = sl_model_default_params();
     mp.device = device;
     mp.gpu_cache_bytes = gpu_cache;
+    /* uploads only: with CPU-computed misses (gpu_miss_policy auto/cpu,
+     * tests/test_cuda_stream.c) logits are not bit-identical across sizes */
+    mp.gpu_miss_policy = SL_GPU_MISS_UPLOAD;
     struct sl_model *m = NULL;
     if (sl_model_open(path, &mp, &m) != SL_OK) {
         fprintf(stderr, "    open %s (device %d): %s\n", path, device, sl_errmsg());

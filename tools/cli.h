@@ -38,6 +38,11 @@ double bench_disk_read_gbs(const char *path, int n_inflight, uint64_t block, dou
  * the model as a GGUF qwen3moe file, same weights (tools/cli_export_gguf.c). */
 int cli_export_gguf(int argc, char **argv);
 
+/* sluice export-hf -m MODEL.sluice -o DIR [--dtype bf16|f32] [--shard-size
+ * SIZE] [--fused-experts] [--quiet]: the model as a HuggingFace checkpoint,
+ * same weights dequantized (tools/cli_export_hf.c). */
+int cli_export_hf(int argc, char **argv);
+
 /* sluice serve -m MODEL [--port N] ...: the OpenAI-compatible HTTP server
  * (tools/cli_serve.c, docs/serve.md); runs until SIGINT/SIGTERM. */
 int cli_serve(int argc, char **argv);
@@ -50,6 +55,7 @@ int cli_chat(int argc, char **argv);
  * SIZE, --io direct|buffered|mmap, --cache-policy lru|lfu, --prefetch
  * 0|1|2 (off, auto, always), --expert-profile FILE, --io-threads N,
  * --no-uring, --mlock, --device cpu|cuda|auto, --gpu-cache SIZE|all|auto,
+ * --gpu-miss auto|upload|cpu,
  * stores it in *mp (advancing *i past a value) and
  * returns 1; returns 0 for any other flag, -1 (message on stderr) for a bad
  * value. */

@@ -138,6 +138,7 @@ struct rep {
                                    io wait, other */
     double hits, uses;          /* expert cache, decode phase */
     double disk_bpt;            /* bytes read from the file per decoded token */
+    double h2d_bpt;             /* CUDA: expert bytes uploaded per decoded token */
 };
 
 static const char *const stage_names[5] = {"attention", "router", "experts", "io_wait", "other"};
@@ -242,8 +243,17 @@ int cli_bench(int argc, char **argv) {
     char cpu[256];
     cpu_model(cpu, sizeof cpu);
     double bw = measure_read_bw(threads);
-    fprintf(stderr, "device: %s, %ld cpus, %s, %d threads, RAM read %.1f GB/s (measured)\n",
-            cpu, sysconf(_SC_NPROCESSORS_ONLN), sl_model_backend_desc(m), threads, bw);
+    /* on a GPU the resident weights' tier is device memory, uploads the
+     * host-to-device link's */
+    double dev_bw = 0, h2d_bw = 0;
+    if (sl_model_measure_device_bandwidth(m, &dev_bw, &h2d_bw) != SL_OK) dev_bw = h2d_bw = 0;
+    fprintf(stderr, "device: %s, %ld cpus, %s, %d threads, RAM read %.1f GB/s (measured)", cpu,
+            sysconf(_SC_NPROCESSORS_ONLN), sl_model_backend_desc(m), threads, bw);
+    if (dev_bw > 0)
+        fprintf(stderr, ", GPU memory %.0f GB/s, host-to-device %.1f GB/s (measured)", dev_bw,
+                h2d_bw);
+    fputc('\n', stderr);
+    const char *tier = dev_bw > 0 ? "GPU memory" : "RAM";
     fprintf(stderr, "model: %s | %s | dense %.1f MiB, experts %.1f MiB\n", path,
             sl_model_desc(m), (double)sl_model_dense_bytes(m) / (1 << 20),
             (double)sl_model_expert_bytes(m) / (1 << 20));
@@ -289,6 +299,7 @@ int cli_bench(int argc, char **argv) {
         R->uses = R->hits + (double)(s2.cache_misses - s1.cache_misses) +
                   (double)(s2.prefetch_hits - s1.prefetch_hits);
         R->disk_bpt = (double)(s2.cache_bytes_read - s1.cache_bytes_read) / g;
+        R->h2d_bpt = (double)(s2.gpu_h2d_bytes - s1.gpu_h2d_bytes) / g;
         const float *lg = sl_logits(ctx);
         uint64_t h = 0xcbf29ce484222325ull;
         const unsigned char *b = (const unsigned char *)lg;
@@ -299,6 +310,7 @@ int cli_bench(int argc, char **argv) {
     }
     /* statistics over the measured repetitions only */
     double v[100], ppm, pps, tgm, tgs, ebm, ebs, st[5], sd_unused, hits = 0, uses = 0, dbm, dbs;
+    double hbm, hbs;
     struct rep *M = rp + warmup;
 #define MEAN_SD(field, mean, sd)                                  \
     do {                                                          \
@@ -309,6 +321,7 @@ int cli_bench(int argc, char **argv) {
     MEAN_SD(tg, tgm, tgs);
     MEAN_SD(ebt, ebm, ebs);
     MEAN_SD(disk_bpt, dbm, dbs);
+    MEAN_SD(h2d_bpt, hbm, hbs);
     for (int k = 0; k < 5; k++) MEAN_SD(stage[k], st[k], sd_unused);
 #undef MEAN_SD
     for (long r = 0; r < reps; r++) {
@@ -317,7 +330,10 @@ int cli_bench(int argc, char **argv) {
     }
     double active = (double)sl_model_active_dense_bytes(m) + ebm;
     double gbs = active * tgm / 1e9;
-    double limit = bw > 0 ? bw * 1e9 / active : 0;
+    double tier_bw = dev_bw > 0 ? dev_bw : bw;
+    double limit = tier_bw > 0 ? tier_bw * 1e9 / active : 0;
+    /* streaming on a GPU: the uploads' bytes over the link bound decode too */
+    double h2d_limit = h2d_bw > 0 && hbm > 0 ? h2d_bw * 1e9 / hbm : 0;
     /* The tier that binds decode: RAM unless experts come from disk. */
     double disk_limit = disk_gbs > 0 && dbm > 0 ? disk_gbs * 1e9 / dbm : 0;
     fprintf(stderr,
@@ -325,16 +341,19 @@ int cli_bench(int argc, char **argv) {
             "decode ms/token by stage: attention %.2f, router %.2f, experts %.2f, I/O wait %.2f, "
             "other %.2f\n"
             "active bytes/token: %.1f MiB (dense %.1f + experts %.1f) | achieved %.2f GB/s = %.0f%% "
-            "of measured RAM bandwidth | limit %.2f tok/s\n"
+            "of measured %s bandwidth | limit %.2f tok/s\n"
             "expert cache (decode): hit %.1f%% of %.0f uses | disk %.2f MiB/token, %.3f GB/s%s",
             ppm, pps, n_prompt, tgm, tgs, tgm > 0 ? 1000 / tgm : 0, n_gen, st[0], st[1], st[2],
             st[3], st[4], active / (1 << 20), (double)sl_model_active_dense_bytes(m) / (1 << 20),
-            ebm / (1 << 20), gbs, bw > 0 ? 100 * gbs / bw : 0, limit,
+            ebm / (1 << 20), gbs, tier_bw > 0 ? 100 * gbs / tier_bw : 0, tier, limit,
             uses > 0 ? 100 * hits / uses : 0, uses, dbm / (1 << 20), dbm * tgm / 1e9,
             disk_limit > 0 ? "" : "\n");
     if (disk_limit > 0)
         fprintf(stderr, " | disk limit %.2f tok/s (%.0f%% reached)\n", disk_limit,
                 100 * tgm / disk_limit);
+    if (h2d_limit > 0)
+        fprintf(stderr, "GPU uploads: %.2f MiB/token | host-to-device limit %.2f tok/s (%.0f%% "
+                "reached)\n", hbm / (1 << 20), h2d_limit, 100 * tgm / h2d_limit);
     {
         struct sl_stats fs; /* the GPU expert cache's tiers (CUDA only) */
         sl_context_stats(ctx, &fs);
@@ -353,6 +372,13 @@ int cli_bench(int argc, char **argv) {
         cJSON_AddNumberToObject(o, "threads", threads);
         cJSON_AddStringToObject(o, "expert_cache", sl_model_expert_cache_desc(m));
         cJSON_AddNumberToObject(o, "ram_read_gbs", bw);
+        if (dev_bw > 0) {
+            cJSON_AddNumberToObject(o, "gpu_mem_gbs", dev_bw);
+            cJSON_AddNumberToObject(o, "h2d_gbs", h2d_bw);
+            cJSON_AddNumberToObject(o, "h2d_bytes_per_token", hbm);
+            cJSON_AddNumberToObject(o, "h2d_limit_tps", h2d_limit);
+        }
+        cJSON_AddStringToObject(o, "limit_tier", tier);
         cJSON_AddNumberToObject(o, "prompt_tokens", (double)n_prompt);
         cJSON_AddNumberToObject(o, "gen_tokens", (double)n_gen);
         cJSON_AddNumberToObject(o, "reps", (double)reps);

@@ -3,14 +3,20 @@
  * own chat template (docs/serve.md), GNU readline for line editing and
  * history, answers streamed as they are generated.
  *
- * Commands: /reset, /stats, /system TEXT, /help, /quit; /save and /load
- * answer that they are not available until the library can save and load
- * a context's state (no transcript-only imitation). Ctrl-C stops the
- * answer being generated and returns to the prompt; Ctrl-D quits.
+ * Commands: /reset, /stats, /system TEXT, /save FILE, /load FILE, /help,
+ * /quit. Ctrl-C stops the answer being generated and returns to the
+ * prompt; Ctrl-D quits.
  *
- * Prefix reuse: the context keeps the tokens it has evaluated; when the next
- * rendered conversation starts with them, only the new tail is evaluated,
- * otherwise the context is reset (it cannot be truncated).
+ * /save FILE writes the context's saved state with sl_state_save (tokens,
+ * KV cache, logits: a standard saved-state image) and the conversation
+ * (system prompt and messages, which the template re-renders each turn) to
+ * FILE.json. /load FILE reads both; the state goes through sl_state_load,
+ * which refuses another model, a corrupt or a too-long state and leaves the
+ * context unchanged — the session then keeps its conversation.
+ *
+ * Prefix reuse: the context keeps the tokens it has evaluated; the next
+ * rendered conversation evaluates only what follows the longest prefix it
+ * shares with them (sl_context_truncate cuts the rest).
  *
  * Not here: templates (src/chat.c), sampling (src/sampler.c).
  */
@@ -113,15 +119,15 @@ static int chat_turn(struct chat_state *cs, const char *line) {
         free(ids);
         return 0;
     }
-    /* reuse the context when everything it holds is a prefix of the prompt */
-    size_t keep = cs->n_toks && cs->n_toks < n_ids &&
-                          !memcmp(cs->toks, ids, cs->n_toks * sizeof *ids)
-                      ? cs->n_toks
-                      : 0;
-    if (!keep) {
+    /* reuse the longest prefix the context shares with the prompt (all
+     * but the prompt's last token, so that there is something to evaluate) */
+    size_t keep = 0;
+    while (keep < cs->n_toks && keep + 1 < n_ids && cs->toks[keep] == ids[keep]) keep++;
+    if (keep < cs->n_toks && (!keep || sl_context_truncate(cs->ctx, (uint32_t)keep))) {
         sl_context_reset(cs->ctx);
-        cs->n_toks = 0;
+        keep = 0;
     }
+    cs->n_toks = keep;
     struct sl_sampler *smp = NULL;
     struct sl_detok *dt = NULL;
     rc = sl_eval(cs->ctx, ids + keep, n_ids - keep, NULL);
@@ -187,6 +193,111 @@ static int chat_turn(struct chat_state *cs, const char *line) {
     return 0;
 }
 
+/* /save FILE: the state image (sl_state_save) and FILE.json with the
+ * conversation; both written whole or not at all (temporary + rename). */
+static void chat_save(struct chat_state *cs, const char *path) {
+    char *json_path = NULL, *tmp = NULL, *text = NULL;
+    cJSON *doc = cJSON_CreateObject();
+    int ok = 0;
+    if (sl_state_save(cs->ctx, path) != SL_OK) {
+        printf("/save: %s\n", sl_errmsg());
+        goto out;
+    }
+    if (asprintf(&json_path, "%s.json", path) < 0 || asprintf(&tmp, "%s.json.tmp", path) < 0) {
+        json_path = tmp = NULL;
+        printf("/save: out of memory\n");
+        goto out;
+    }
+    cJSON_AddStringToObject(doc, "format", "sluice-chat");
+    cJSON_AddNumberToObject(doc, "version", 1);
+    if (cs->system) cJSON_AddStringToObject(doc, "system", cs->system);
+    else cJSON_AddNullToObject(doc, "system");
+    cJSON_AddItemToObject(doc, "messages", cJSON_Duplicate(cs->messages, 1));
+    text = cJSON_Print(doc);
+    FILE *f = text ? fopen(tmp, "w") : NULL;
+    ok = f && fputs(text, f) >= 0;
+    if (f && fclose(f)) ok = 0;
+    if (ok && rename(tmp, json_path)) ok = 0;
+    if (!ok) {
+        printf("/save: cannot write %s\n", json_path);
+        remove(tmp);
+        goto out;
+    }
+    printf("saved %u tokens to %s, %d messages to %s\n", sl_context_n_past(cs->ctx), path,
+           cJSON_GetArraySize(cs->messages), json_path);
+out:
+    cJSON_Delete(doc);
+    cJSON_free(text);
+    free(json_path);
+    free(tmp);
+}
+
+/* /load FILE: FILE.json first (checked), then the state; on any failure the
+ * session keeps its context and conversation. *sys_owned takes the loaded
+ * system prompt. */
+static void chat_load(struct chat_state *cs, const char *path, char **sys_owned) {
+    char *json_path = NULL, *text = NULL, *sys = NULL;
+    cJSON *doc = NULL;
+    if (asprintf(&json_path, "%s.json", path) < 0) {
+        printf("/load: out of memory\n");
+        return;
+    }
+    FILE *f = fopen(json_path, "r");
+    size_t len = 0;
+    if (f) {
+        fseek(f, 0, SEEK_END);
+        long n = ftell(f);
+        fseek(f, 0, SEEK_SET);
+        text = n >= 0 ? malloc((size_t)n + 1) : NULL;
+        len = text ? fread(text, 1, (size_t)n, f) : 0;
+        if (text) text[len] = 0;
+        fclose(f);
+    }
+    if (!text) {
+        printf("/load: cannot read %s (written by /save next to %s); the conversation is "
+               "unchanged\n", json_path, path);
+        goto out;
+    }
+    doc = cJSON_Parse(text);
+    const cJSON *fmt = cJSON_GetObjectItemCaseSensitive(doc, "format");
+    const cJSON *msgs = cJSON_GetObjectItemCaseSensitive(doc, "messages");
+    const cJSON *sy = cJSON_GetObjectItemCaseSensitive(doc, "system");
+    if (!cJSON_IsString(fmt) || strcmp(fmt->valuestring, "sluice-chat") ||
+        !cJSON_IsArray(msgs) || !(cJSON_IsString(sy) || cJSON_IsNull(sy))) {
+        printf("/load: %s is not a sluice chat conversation (format \"sluice-chat\", "
+               "\"messages\" array, \"system\"); the conversation is unchanged\n", json_path);
+        goto out;
+    }
+    if (cJSON_IsString(sy) && !(sys = strdup(sy->valuestring))) {
+        printf("/load: out of memory\n");
+        goto out;
+    }
+    if (sl_state_load(cs->ctx, path) != SL_OK) {
+        printf("/load: %s; the conversation is unchanged\n", sl_errmsg());
+        goto out;
+    }
+    uint32_t n = 0;
+    const int32_t *toks = sl_context_tokens(cs->ctx, &n);
+    cs->n_toks = 0;
+    if (push_toks(cs, toks, n)) { /* the context is then reused from scratch */
+        sl_context_reset(cs->ctx);
+        cs->n_toks = 0;
+    }
+    cJSON_Delete(cs->messages);
+    cs->messages = cJSON_DetachItemFromObjectCaseSensitive(doc, "messages");
+    free(*sys_owned);
+    *sys_owned = sys;
+    cs->system = sys;
+    sys = NULL;
+    printf("loaded %u tokens from %s, %d messages from %s\n", n, path,
+           cJSON_GetArraySize(cs->messages), json_path);
+out:
+    cJSON_Delete(doc);
+    free(text);
+    free(sys);
+    free(json_path);
+}
+
 static void chat_stats(struct chat_state *cs) {
     struct sl_stats st;
     sl_context_stats(cs->ctx, &st);
@@ -216,8 +327,8 @@ static const char chat_help[] =
     "/reset        forget the conversation (the system prompt stays)\n"
     "/system TEXT  set the system prompt and reset\n"
     "/stats        tokens, speed, expert cache\n"
-    "/save FILE    (not available until state save/load lands)\n"
-    "/load FILE    (not available until state save/load lands)\n"
+    "/save FILE    save the conversation: FILE (context state) and FILE.json\n"
+    "/load FILE    continue a saved conversation (same model)\n"
     "/quit         leave (or Ctrl-D)\n";
 
 int cli_chat(int argc, char **argv) {
@@ -321,9 +432,15 @@ int cli_chat(int argc, char **argv) {
             cs.system = sys_owned;
             chat_reset(&cs);
             printf("system prompt set; conversation reset\n");
-        } else if (!strncmp(s, "/save", 5) || !strncmp(s, "/load", 5)) {
-            printf("%.5s: not available until state save/load lands (the library cannot yet save "
-                   "or restore a context)\n", s);
+        } else if ((!strncmp(s, "/save", 5) || !strncmp(s, "/load", 5)) &&
+                   (!s[5] || s[5] == ' ')) {
+            char *file = s + 5;
+            while (*file == ' ') file++;
+            size_t fl = strlen(file);
+            while (fl && file[fl - 1] == ' ') file[--fl] = 0;
+            if (!*file) printf("%.5s needs a FILE (/help)\n", s);
+            else if (s[1] == 's') chat_save(&cs, file);
+            else chat_load(&cs, file, &sys_owned);
         } else if (s[0] == '/') {
             printf("unknown command %s (/help lists them)\n", s);
         } else {

@@ -713,7 +713,16 @@ static enum MHD_Result handle_metrics(struct server *srv, struct MHD_Connection 
            m.decode_seconds > 0 ? (double)m.generated_tokens / m.decode_seconds : 0.0);
     METRIC("active_sequences", "gauge", "Requests decoding now.", "%d", m.active);
     METRIC("queue_depth", "gauge", "Requests waiting for a sequence.", "%d", m.queued);
-    METRIC("contexts", "gauge", "Contexts allocated (active and prefix cache).", "%d", m.contexts);
+    METRIC("contexts", "gauge", "Contexts allocated (one multi-sequence context when batched).", "%d", m.contexts);
+    METRIC("cached_sequences", "gauge", "Idle sequences holding tokens for the prefix cache.", "%d", m.cached_seqs);
+    METRIC("batched_decode", "gauge", "1: one decode forward pass for all active requests; 0: one per request (CUDA).", "%d", m.batched);
+    METRIC("decode_steps_total", "counter", "Decode forward passes (each covers every decoding request).", "%llu", (unsigned long long)m.decode_steps);
+    METRIC("decode_batch_tokens_total", "counter", "Tokens in decode forward passes.", "%llu", (unsigned long long)m.decode_batch_tokens);
+    METRIC("decode_batch_size_mean", "gauge", "Mean tokens per decode forward pass.", "%.4f",
+           m.decode_steps ? (double)m.decode_batch_tokens / (double)m.decode_steps : 0.0);
+    METRIC("decode_batch_size_max", "gauge", "Largest decode forward pass so far.", "%d", m.decode_batch_max);
+    METRIC("prefill_steps_total", "counter", "Prompt forward passes (chunks of several requests).", "%llu", (unsigned long long)m.prefill_steps);
+    METRIC("prefill_batch_tokens_total", "counter", "Prompt tokens evaluated (not cached).", "%llu", (unsigned long long)m.prefill_batch_tokens);
     const struct sl_stats *s = &m.store;
     sb_printf(&b, "# HELP sluice_expert_cache_hits_total Expert uses found resident, per tier.\n"
                   "# TYPE sluice_expert_cache_hits_total counter\n"
@@ -733,6 +742,8 @@ static enum MHD_Result handle_metrics(struct server *srv, struct MHD_Connection 
               rt > 0 ? (double)s->cache_hits / rt : 0.0, gt > 0 ? (double)s->gpu_hits / gt : 0.0);
     METRIC("expert_bytes_read_total", "counter", "Expert bytes read from the model file.", "%llu", (unsigned long long)s->cache_bytes_read);
     METRIC("expert_prefetch_hits_total", "counter", "Expert uses served thanks to a prefetch.", "%llu", (unsigned long long)s->prefetch_hits);
+    METRIC("expert_loads_total", "counter", "Routed (layer, expert) records applied; one per distinct expert per forward pass.", "%llu", (unsigned long long)s->expert_loads);
+    METRIC("expert_bytes_touched_total", "counter", "Routed-expert bytes the forward passes used (resident or read).", "%llu", (unsigned long long)s->expert_bytes_read);
 #undef METRIC
     if (!b.p) return MHD_NO;
     return send_text(c, 200, "text/plain; version=0.0.4", b.p);
@@ -825,7 +836,7 @@ static void completed(void *cls, struct MHD_Connection *c, void **con_cls,
 
 static const char serve_usage[] =
     "usage: sluice serve -m MODEL [--host ADDR] [--port N] [--port-file F]\n"
-    "                    [--max-seqs N] [--max-queue N] [--prefix-cache N] [--ctx N]\n"
+    "                    [--max-seqs N] [--max-queue N] [--prefix-cache N] [--ctx N] [--batch N]\n"
     "                    [--max-body SIZE] [--timeout SECONDS] [--max-tokens N]\n"
     "                    [--api-key KEY] [--model-name NAME] [-t THREADS] [store flags]\n"
     "  An OpenAI-compatible server (docs/serve.md). --port 0 picks a free port\n"
@@ -841,7 +852,7 @@ static int serve_fail(const char *fmt, const char *a) {
 int cli_serve(int argc, char **argv) {
     const char *model_path = NULL, *host = "127.0.0.1", *port_file = NULL, *name = NULL;
     long port = 8080, max_seqs = 4, max_queue = 16, n_cached = -1, n_ctx = 0, threads = 0,
-         max_tokens = 256;
+         max_tokens = 256, n_batch = 0;
     double timeout = 600;
     uint64_t max_body = 1 << 20;
     struct server srv = {0};
@@ -883,12 +894,13 @@ int cli_serve(int argc, char **argv) {
             long *dst = !strcmp(a, "--port") ? &port : !strcmp(a, "--max-seqs") ? &max_seqs
                       : !strcmp(a, "--max-queue") ? &max_queue : !strcmp(a, "--prefix-cache") ? &n_cached
                       : !strcmp(a, "--ctx") ? &n_ctx : !strcmp(a, "--max-tokens") ? &max_tokens
+                      : !strcmp(a, "--batch") ? &n_batch
                       : (!strcmp(a, "-t") || !strcmp(a, "--threads")) ? &threads : NULL;
             if (!dst) {
                 fprintf(stderr, "sluice serve: unknown flag %s\n%s", a, serve_usage);
                 return 2;
             }
-            long hi = dst == &port ? 65535 : dst == &n_ctx ? (1L << 24) : 100000;
+            long hi = dst == &port ? 65535 : dst == &n_ctx ? (1L << 24) : dst == &n_batch ? 4096 : 100000;
             if (!num_ok || n < (dst == &max_seqs || dst == &max_tokens ? 1 : 0) || n > hi) {
                 fprintf(stderr, "sluice serve: %s %s: not a valid number\n", a, v);
                 return 2;
@@ -919,6 +931,7 @@ int cli_serve(int argc, char **argv) {
     sp.max_queue = (int)max_queue;
     sp.n_cached = n_cached < 0 ? (int)max_seqs : (int)n_cached;
     sp.n_ctx = (uint32_t)n_ctx;
+    sp.n_batch = (uint32_t)n_batch;
     int32_t train = sl_model_n_ctx_train(srv.model);
     srv.n_ctx = sp.n_ctx ? sp.n_ctx : (train > 0 && train < 4096 ? (uint32_t)train : 4096);
     sp.n_ctx = srv.n_ctx;

@@ -1,7 +1,7 @@
 /*
  * cli_store.c — the expert-store flags shared by `sluice run`, `logits` and
  * `bench` (--ram-cache, --io, --cache-policy, --prefetch, --expert-profile,
- * --mlock, --io-threads, --no-uring, --device, --gpu-cache) and the statistics that --timing
+ * --mlock, --io-threads, --no-uring, --device, --gpu-cache, --gpu-miss) and the statistics that --timing
  * prints (docs/streaming.md explains every number).
  *
  * What it is not: option parsing for anything else; each command keeps its
@@ -26,7 +26,7 @@ int cli_store_flag(const char *cmd, int argc, char **argv, int *i,
     const char *s = argv[*i];
     static const char *takes_value[] = {"--ram-cache", "--io", "--cache-policy", "--prefetch",
                                         "--expert-profile", "--io-threads", "--device",
-                                        "--gpu-cache"};
+                                        "--gpu-cache", "--gpu-miss"};
     int needs = 0;
     for (size_t k = 0; k < sizeof takes_value / sizeof *takes_value; k++)
         needs |= !strcmp(s, takes_value[k]);
@@ -70,6 +70,11 @@ int cli_store_flag(const char *cmd, int argc, char **argv, int *i,
         if (!strcmp(v, "auto")) mp->gpu_cache_bytes = SL_GPU_CACHE_AUTO;
         else if (sl_parse_size(v, &mp->gpu_cache_bytes) != SL_OK || mp->gpu_cache_bytes == 0)
             return bad(cmd, s, v, "a size (512M, 20G, all, auto)");
+    } else if (!strcmp(s, "--gpu-miss")) {
+        if (!strcmp(v, "auto")) mp->gpu_miss_policy = SL_GPU_MISS_AUTO;
+        else if (!strcmp(v, "upload")) mp->gpu_miss_policy = SL_GPU_MISS_UPLOAD;
+        else if (!strcmp(v, "cpu")) mp->gpu_miss_policy = SL_GPU_MISS_CPU;
+        else return bad(cmd, s, v, "auto, upload or cpu");
     } else if (!strcmp(s, "--expert-profile")) {
         mp->expert_profile = v;
     } else if (!strcmp(s, "--io-threads")) {
@@ -103,12 +108,24 @@ void cli_print_store_stats(const struct sl_model *m, const struct sl_stats *st, 
             (double)sl_model_dense_bytes(m) / 1048576.0,
             (double)sl_model_expert_bytes(m) / 1048576.0);
     if (st->gpu_cache_bytes) {
-        uint64_t gu = st->gpu_hits + st->gpu_uploads;
-        fprintf(stderr, "gpu cache: %" PRIu64 " uses, GPU hit %.1f%%, uploaded %.1f%% | H2D %.3f GB"
-                " at %.2f GB/s | budget %.1f MiB\n", gu, gu ? 100.0 * (double)st->gpu_hits / (double)gu : 0,
-                gu ? 100.0 * (double)st->gpu_uploads / (double)gu : 0, (double)st->gpu_h2d_bytes / 1e9,
+        uint64_t gu = st->gpu_hits + st->gpu_uploads + st->gpu_cpu_experts;
+        uint64_t all_up = st->gpu_uploads + st->gpu_prefetch_uploads;
+        fprintf(stderr, "gpu cache: %" PRIu64 " uses, GPU hit %.1f%%, uploaded %.1f%%, CPU %.1f%% "
+                "(%.3f s) | H2D %.3f GB at %.2f GB/s, %s | budget %.1f MiB\n", gu,
+                gu ? 100.0 * (double)st->gpu_hits / (double)gu : 0,
+                gu ? 100.0 * (double)st->gpu_uploads / (double)gu : 0,
+                gu ? 100.0 * (double)st->gpu_cpu_experts / (double)gu : 0, st->gpu_cpu_seconds,
+                (double)st->gpu_h2d_bytes / 1e9,
                 st->gpu_h2d_seconds > 0 ? (double)st->gpu_h2d_bytes / 1e9 / st->gpu_h2d_seconds : 0,
+                all_up == 0 ? "no uploads"
+                : st->gpu_staged_uploads == 0 ? "direct"
+                : st->gpu_staged_uploads == all_up ? "staged" : "direct + staged",
                 (double)st->gpu_cache_bytes / 1048576.0);
+        if (st->gpu_prefetch_uploads)
+            fprintf(stderr, "gpu lookahead: %" PRIu64 " uploads, %" PRIu64 " used (%.1f%%), %"
+                    PRIu64 " evicted unused\n", st->gpu_prefetch_uploads, st->gpu_prefetch_useful,
+                    100.0 * (double)st->gpu_prefetch_useful / (double)st->gpu_prefetch_uploads,
+                    st->gpu_prefetch_wasted);
     }
     uint64_t uses = st->cache_hits + st->cache_misses + st->prefetch_hits;
     if (uses == 0) return;

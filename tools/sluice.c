@@ -40,6 +40,7 @@ static const char usage_text[] =
     "  synth   --preset NAME [-o OUT] [--layers N] [--experts D] [--dense D] [--skew G]\n"
     "  perplexity -m MODEL --text-file F [--window N] [--max-tokens N] [--kl-ref REF] [--json]\n"
     "  export-gguf MODEL.sluice -o OUT.gguf [--tokenizer tokenizer.json] [--quiet]\n"
+    "  export-hf -m MODEL.sluice -o DIR [--dtype bf16|f32] [--shard-size SIZE] [--fused-experts]\n"
     "  serve   -m MODEL [--port N] [--max-seqs N] [--ctx N] [--api-key K] ... (docs/serve.md)\n"
     "  chat    -m MODEL [--system TEXT] [--temp T] [-n N] ... (docs/serve.md)\n"
     "\n"
@@ -49,6 +50,8 @@ static const char usage_text[] =
     "  --expert-profile FILE  --io-threads N  --no-uring  --mlock\n"
     "  --device cpu|cuda|auto (auto: CUDA if present, else CPU; docs/cuda.md)\n"
     "  --gpu-cache SIZE|all|auto (CUDA: expert bytes kept in GPU memory)\n"
+    "  --gpu-miss upload|auto|cpu (CUDA: an expert missing on the GPU is\n"
+    "    uploaded (default, bit-identical outputs) or computed on the CPU)\n"
     "\n"
     "Without -m, run uses $SLUICE_MODEL or the default model built next to the\n"
     "sluice binary (build/default.sluice).\n";
@@ -605,6 +608,7 @@ int main(int argc, char **argv) {
     if (!strcmp(c, "synth")) return cli_synth(argc, argv);
     if (!strcmp(c, "perplexity")) return cli_perplexity(argc, argv);
     if (!strcmp(c, "export-gguf")) return cli_export_gguf(argc, argv);
+    if (!strcmp(c, "export-hf")) return cli_export_hf(argc, argv);
     if (!strcmp(c, "serve")) return cli_serve(argc, argv);
     if (!strcmp(c, "chat")) return cli_chat(argc, argv);
     cmd_name = "sluice";

@@ -53,6 +53,12 @@ const char *cuda_model_desc(const struct cuda_model *cm);
 /* Adds the GPU cache counters into the gpu_* fields of *out. */
 void cuda_model_stats(const struct cuda_model *cm, struct sl_stats *out);
 
+/* Measures the device's memory bandwidth (a device-to-device copy: bytes
+ * read + written per second) and the pinned host-to-device bandwidth, best
+ * of 5 copies of up to 256 MiB each, in GB/s. SL_ERR_NOMEM when too little
+ * device memory is free for the probe. */
+int cuda_measure_bandwidth(struct cuda_model *cm, double *mem_gbs, double *h2d_gbs);
+
 /* Device KV cache (float32, like the CPU's) and activations for ctx's
  * n_ctx and n_batch. SL_ERR_NOMEM names the sizes. Owned by the context. */
 int cuda_ctx_create(struct sl_context *ctx, struct cuda_ctx **out);

@@ -14,12 +14,13 @@
  *     expert kernels read a device table of record bases, so a whole step
  *     is enqueued without waiting; the decode step is captured once as a
  *     CUDA graph and replayed (positions and tokens live in device memory).
- *   streaming: after the router, the top-k ids come back to the host, the
- *     GPU cache makes the layer's experts resident (uploading the missing
- *     ones on its copy stream), the resident experts run first and the
- *     uploaded ones after their copy event. Each selection's output is
- *     computed by the same kernels either way and summed in a fixed order,
- *     so logits are bit-identical whatever the GPU cache size.
+ *   streaming (src/cuda/moe_stream_cuda.cu): after the router, the top-k
+ *     ids come back to the host, the GPU cache makes the layer's experts
+ *     resident (uploading the missing ones on its copy stream) or has the
+ *     CPU compute some misses (--gpu-miss), the resident experts run first
+ *     and the uploaded ones after their copy event; summed in a fixed order,
+ *     so with --gpu-miss upload logits are bit-identical whatever the GPU
+ *     cache size.
  *
  * Allocates nothing: every buffer lives in struct cuda_ctx.
  * Not here: SLUICE_DUMP intermediates (CPU backend only), per-stage timers.
@@ -27,6 +28,8 @@
 #include <math.h>
 
 #include "cuda/internal.cuh"
+#include "cuda/layer_mla_cuda.cuh"
+#include "cuda/layer_gdn_cuda.cuh"
 
 /* Decode: rmsnorm + q/k/v in one launch when the three share a dense
  * format; 1 if done, 0 to take the separate kernels, < 0 a status. */
@@ -50,9 +53,20 @@ static int qkv_fused(struct cuda_ctx *cc, const struct sl_config *c, const struc
 
 /* Decode: the ffn rmsnorm fused into the router matvec (xn also written to
  * cc->xb for the experts); 1 if done, 0 to run them apart, < 0 a status. */
-static int router_fused(struct cuda_ctx *cc, const struct sl_config *c,
-                        const struct layer_weights *L, const struct gpu_layer *g) {
+static int router_fused(struct cuda_model *cm, struct cuda_ctx *cc, const struct sl_config *c,
+                        const struct layer_weights *L, const struct gpu_layer *g, uint32_t l) {
     if (!cuda_tune("SLUICE_CUDA_NORMFUSE", 1)) return 0;
+    if (c->router_kind == SL_ROUTER_SOFTMAX_TOPK || c->router_kind == SL_ROUTER_TOPK_SOFTMAX) {
+        /* + the routing in the same launch (SLUICE_CUDA_ROUTEFUSE): 2 */
+        int ne = (int)c->n_experts;
+        uint8_t *const *table = cm->gc.all_resident ? cm->gc.d_table + (uint64_t)l * ne : NULL;
+        int st = matvec_route_cuda(cc->stream, L->router.dtype, g->router, g->router_b, ne,
+                                   (int)c->hidden, cc->x, g->ffn_norm, c->rms_eps, cc->xb,
+                                   cc->router, (int)c->n_experts_used, c->router_kind,
+                                   c->norm_topk_prob, cc->topk_ids, cc->topk_w, table, g->off,
+                                   cc->items, cc->sel, cc->n_items, cc->d_sync);
+        if (st != SL_ERR_UNSUPPORTED) return st == SL_OK ? 2 : -st;
+    }
     const void *w[1] = {g->router};
     float *y[1] = {cc->router};
     const float *b[1] = {g->router_b};
@@ -64,9 +78,11 @@ static int router_fused(struct cuda_ctx *cc, const struct sl_config *c,
 
 /* Attention and the residual, then the ffn rmsnorm into cc->xb. With
  * router_done (decode MoE layers) the rmsnorm is fused into the router
- * matvec when the router's format allows: *router_done = 1 then. */
+ * matvec when the router's format allows: *router_done = 1 then, 2 when
+ * the routing (ids, weights, items) ran in that launch too. */
 static int attention_block(struct cuda_model *cm, struct cuda_ctx *cc, struct sl_context *ctx,
                            uint32_t l, int n, int *router_done) {
+    if (cm->mla) return mla_attention_block_cuda(cm, cc, ctx, l, n); /* deepseek_v3: MLA */
     const struct sl_model *m = ctx->model;
     const struct sl_config *c = &m->cfg;
     const struct layer_weights *L = &m->layers[l];
@@ -75,7 +91,8 @@ static int attention_block(struct cuda_model *cm, struct cuda_ctx *cc, struct sl
     int hid = (int)c->hidden, nh = (int)c->n_heads, nkv = (int)c->n_kv_heads;
     int hd = (int)c->head_dim, qd = (int)config_q_dim(c), kvd = (int)config_kv_dim(c), st;
     uint64_t lay = (uint64_t)l * ctx->n_ctx * kvd;
-    int qk = c->qk_norm == SL_QK_NORM_HEAD;
+    int qk = c->qk_norm != SL_QK_NORM_NONE, full = c->qk_norm == SL_QK_NORM_FULL;
+    int window = c->layer_sliding[l] ? (int)c->sliding_window : 0;
     int fused = n == 1 ? qkv_fused(cc, c, L, g) : 0;
     if (fused < 0) return -fused;
     if (!fused &&
@@ -84,16 +101,18 @@ static int attention_block(struct cuda_model *cm, struct cuda_ctx *cc, struct sl
          (st = matmul_cuda(s, L->wk.dtype, g->wk, cc->xb, cc->kb, n, kvd, hid, g->bk, 0)) ||
          (st = matmul_cuda(s, L->wv.dtype, g->wv, cc->xb, cc->vb, n, kvd, hid, g->bv, 0))))
         return st;
-    if ((st = qk_rope_store_cuda(s, cc->q, cc->kb, cc->vb, cc->k_cache + lay, cc->v_cache + lay,
-                                 cc->d_io, n, nh, nkv, hd, qk ? g->q_norm : NULL,
-                                 qk ? g->k_norm : NULL, c->rms_eps, cm->d_inv_freq)) ||
-        (st = attention_cuda(s, cc->q, cc->k_cache + lay, cc->v_cache + lay, cc->att, cc->scores,
-                             cc->d_io, n, nh, nkv, hd, (int)ctx->n_ctx,
-                             1.0f / sqrtf((float)hd))) ||
+    if ((st = qk_rope_store_ext_cuda(s, cc->q, cc->kb, cc->vb, cc->k_cache + lay,
+                                     cc->v_cache + lay, cc->d_io, n, nh, nkv, hd,
+                                     qk ? g->q_norm : NULL, qk ? g->k_norm : NULL, full,
+                                     c->rms_eps, cm->d_inv_freq, m->rope_mscale)) ||
+        (st = attention_ext_cuda(s, cc->q, cc->k_cache + lay, cc->v_cache + lay, cc->att,
+                                 cc->scores, (size_t)ctx->n_batch * nh * ctx->n_ctx, cc->d_io, n,
+                                 nh, nkv, hd, (int)ctx->n_ctx, 1.0f / sqrtf((float)hd), window,
+                                 g->sinks)) ||
         (st = matmul_cuda(s, L->wo.dtype, g->wo, cc->att, cc->x, n, hid, qd, g->bo, 1)))
         return st;
     if (router_done) {
-        int f = router_fused(cc, c, L, g);
+        int f = router_fused(cm, cc, c, L, g, l);
         if (f < 0) return -f;
         *router_done = f;
         if (f) return SL_OK; /* router logits and cc->xb written */
@@ -101,102 +120,25 @@ static int attention_block(struct cuda_model *cm, struct cuda_ctx *cc, struct sl
     return rmsnorm_cuda(s, cc->x, g->ffn_norm, cc->xb, n, hid, c->rms_eps);
 }
 
-/* Streaming MoE: the host groups the selections by expert; the GPU cache
- * makes them resident batch by batch (at most its slot count at once);
- * in each batch the resident experts run while the missing ones arrive.
- * Each batch's items, selections and counts have their own place in the
- * pinned buffers, so no upload overwrites one still in flight. */
-static int moe_streaming(struct cuda_model *cm, struct cuda_ctx *cc, struct sl_context *ctx,
-                         uint32_t l, int n) {
-    const struct sl_config *c = &ctx->model->cfg;
-    const struct gpu_layer *g = &cm->layers[l];
-    cudaStream_t s = cc->stream;
-    int k = (int)c->n_experts_used, ne = (int)c->n_experts, nsel = n * k, st = SL_OK;
-    CU_TRY(cudaMemcpyAsync(cc->h_ids, cc->topk_ids, (size_t)nsel * 4, cudaMemcpyDeviceToHost, s));
-    CU_TRY(cudaStreamSynchronize(s));
-    int32_t *cnt = cc->tmp_count, *pos = cc->tmp_count + ne, *ids = cc->distinct;
-    memset(cnt, 0, (size_t)ne * sizeof *cnt);
-    for (int i = 0; i < nsel; i++) {
-        if (cc->h_ids[i] < 0 || cc->h_ids[i] >= ne)
-            return sl_seterr(SL_ERR_INTERNAL, "cuda: layer %u: router produced expert id %d",
-                             l, cc->h_ids[i]);
-        cnt[cc->h_ids[i]]++;
-    }
-    int nd = 0;
-    for (int e = 0; e < ne; e++)
-        if (cnt[e]) ids[nd++] = e;
-    ctx->stats.expert_loads += (uint64_t)nd;
-    ctx->stats.expert_bytes_read += (uint64_t)nd * (g->off.o[2] + g->moe.rb_down * g->moe.hidden);
-    int cap = cm->gc.n_slots, maxc = n == 1 ? 1 : 2, ns = 0;
-    moe_item none = {};
-    for (int b0 = 0, bi = 0; b0 < nd && !st; b0 += cap, bi++) {
-        int nb = nd - b0 < cap ? nd - b0 : cap, uploaded = 0, na = 0, ni = b0;
-        if ((st = gpu_cache_acquire(cm, l, ids + b0, nb, s, cc->bases, cc->hit, cc->slot_ids,
-                                    cc->ev_arrive, &uploaded)))
-            return st;
-        int s0 = ns; /* this batch's selections start here in h_sel */
-        for (int pass = 0; pass < 2; pass++) /* resident first, then uploaded */
-            for (int i = 0; i < nb; i++) {
-                if (cc->hit[i] != (pass == 0)) continue;
-                int e = ids[b0 + i];
-                const uint8_t *b = cc->bases[i];
-                cc->h_items[ni++] = moe_item{b + g->off.o[0], b + g->off.o[1], b + g->off.o[2],
-                                             ns, cnt[e]};
-                pos[e] = ns;
-                ns += cnt[e];
-                na += pass == 0;
-            }
-        for (int i = 0; i < nsel; i++) {
-            int e = cc->h_ids[i];
-            if (e >= ids[b0] && e <= ids[b0 + nb - 1]) cc->h_sel[pos[e]++] = i;
-        }
-        int32_t *hc = cc->h_counts + 2 * bi, *dc = cc->n_items + 2 * bi;
-        hc[0] = na;
-        hc[1] = nb - na;
-        cudaError_t e = cudaMemcpyAsync(cc->items + b0, cc->h_items + b0, (size_t)nb * sizeof(moe_item),
-                                        cudaMemcpyHostToDevice, s);
-        if (e == cudaSuccess)
-            e = cudaMemcpyAsync(cc->sel + s0, cc->h_sel + s0, (size_t)(ns - s0) * 4,
-                                cudaMemcpyHostToDevice, s);
-        if (e == cudaSuccess) e = cudaMemcpyAsync(dc, hc, 8, cudaMemcpyHostToDevice, s);
-        if (e != cudaSuccess) st = cuda_fail(e, "cudaMemcpyAsync (expert items)");
-        const moe_item *ia = cc->items + b0, *ib = cc->items + b0 + na;
-        if (!st && na)
-            st = expert_gate_up_cuda(s, &g->moe, ia, dc, na, none, cc->sel, k, cc->xb, cc->H, maxc);
-        if (!st && na && n > 1)
-            st = expert_down_cuda(s, &g->moe, ia, dc, na, none, cc->sel, k, cc->H, cc->moe_tmp, 0,
-                                  maxc);
-        if (!st && nb > na && uploaded) {
-            e = cudaStreamWaitEvent(s, cc->ev_arrive, 0);
-            if (e != cudaSuccess) st = cuda_fail(e, "cudaStreamWaitEvent");
-        }
-        if (!st && nb > na)
-            st = expert_gate_up_cuda(s, &g->moe, ib, dc + 1, nb - na, none, cc->sel, k, cc->xb,
-                                     cc->H, maxc);
-        if (!st && nb > na && n > 1)
-            st = expert_down_cuda(s, &g->moe, ib, dc + 1, nb - na, none, cc->sel, k, cc->H,
-                                  cc->moe_tmp, 0, maxc);
-        if (!st && n == 1) /* decode: the k distinct experts are one batch (cap >= k) */
-            st = expert_down_combine_cuda(s, &g->moe, cc->items + b0, nb, cc->sel, cc->topk_ids,
-                                          cc->topk_w, cc->H, cc->x);
-        gpu_cache_release(cm, cc->slot_ids, nb, s);
-    }
-    return st;
-}
-
 static int moe_block(struct cuda_model *cm, struct cuda_ctx *cc, struct sl_context *ctx,
                      uint32_t l, int n, int router_done) {
     const struct sl_model *m = ctx->model;
     const struct sl_config *c = &m->cfg;
     const struct gpu_layer *g = &cm->layers[l];
+    struct ffn_shape sh = g->moe; /* + this context's ids (expert biases) */
+    sh.ids = cc->topk_ids;
     cudaStream_t s = cc->stream;
     int k = (int)c->n_experts_used, ne = (int)c->n_experts, hid = (int)c->hidden, st;
     uint8_t *const *table = cm->gc.all_resident ? cm->gc.d_table + (uint64_t)l * ne : NULL;
     if ((!router_done && (st = matmul_cuda(s, m->layers[l].router.dtype, g->router, cc->xb,
                                            cc->router, n, ne, hid, g->router_b, 0))) ||
-        (st = route_cuda(s, cc->router, n, ne, k, c->router_kind, c->norm_topk_prob,
-                         cc->topk_ids, cc->topk_w, table, g->off, cc->items, cc->sel,
-                         cc->n_items)))
+        (router_done < 2 && /* 2: routed by the router launch (router_fused) */
+         (st = c->router_kind == SL_ROUTER_NOAUX_TC /* deepseek_v3 (layer_mla_cuda.cu) */
+                  ? route_noaux_layer_cuda(cm, l, s, cc->router, n, cc->topk_ids, cc->topk_w,
+                                           table, g->off, cc->items, cc->sel, cc->n_items)
+                  : route_cuda(s, cc->router, n, ne, k, c->router_kind, c->norm_topk_prob,
+                               cc->topk_ids, cc->topk_w, table, g->off, cc->items, cc->sel,
+                               cc->n_items))))
         return st;
     if (table) {
         if (n == 1) { /* decode: k distinct experts, each read once */
@@ -209,19 +151,17 @@ static int moe_block(struct cuda_model *cm, struct cuda_ctx *cc, struct sl_conte
         if (n > 1 && (st = moe_plan_cuda(s, cc->topk_ids, n, k, ne, table, g->off, cc->items,
                                          cc->sel, cc->n_items)))
             return st;
-        if ((st = expert_gate_up_cuda(s, &g->moe, cc->items, cc->n_items, max_items, none,
+        if ((st = expert_gate_up_cuda(s, &sh, cc->items, cc->n_items, max_items, none,
                                       cc->sel, k, cc->xb, cc->H, maxc)))
             return st;
         if (n == 1) /* the route kernel listed the k items */
-            return expert_down_combine_cuda(s, &g->moe, cc->items, k, cc->sel, cc->topk_ids,
+            return expert_down_combine_cuda(s, &sh, cc->items, k, cc->sel, cc->topk_ids,
                                             cc->topk_w, cc->H, cc->x);
-        if ((st = expert_down_cuda(s, &g->moe, cc->items, cc->n_items, max_items, none, cc->sel,
+        if ((st = expert_down_cuda(s, &sh, cc->items, cc->n_items, max_items, none, cc->sel,
                                    k, cc->H, cc->moe_tmp, 0, maxc)))
             return st;
-    } else if ((st = moe_streaming(cm, cc, ctx, l, n))) {
-        return st;
-    } else if (n == 1) {
-        return SL_OK; /* moe_streaming combined into x */
+    } else { /* streaming (moe_stream_cuda.cu): combines into x itself */
+        return moe_streaming_cuda(cm, cc, ctx, l, n);
     }
     return moe_combine_cuda(s, cc->x, cc->moe_tmp, cc->topk_ids, cc->topk_w, n, k, hid);
 }
@@ -237,11 +177,17 @@ static int enqueue_forward(struct cuda_model *cm, struct cuda_ctx *cc, struct sl
     if ((st = embed_cuda(s, m->embed.dtype, cm->embed, cc->d_io + 1, cc->x, n, hid))) return st;
     for (uint32_t l = 0; l < c->n_layers; l++) {
         int router_done = 0;
-        if ((st = attention_block(cm, cc, ctx, l, n,
-                                  n == 1 && c->layer_is_moe[l] ? &router_done : NULL)))
-            return st;
+        if (cm->hy) /* qwen3_next / qwen3_5_moe: Gated DeltaNet or gated attention */
+            st = hybrid_mixer_cuda(cm, cc, ctx, l, n);
+        else
+            st = attention_block(cm, cc, ctx, l, n,
+                                 n == 1 && c->layer_is_moe[l] ? &router_done : NULL);
+        if (st) return st;
         if (c->layer_is_moe[l]) {
-            if ((st = moe_block(cm, cc, ctx, l, n, router_done))) return st;
+            if ((st = cm->hy    ? hybrid_moe_cuda(cm, cc, ctx, l, n, moe_block) /* + shared */
+                      : cm->mla ? mla_moe_cuda(cm, cc, ctx, l, n, router_done, moe_block)
+                                : moe_block(cm, cc, ctx, l, n, router_done)))
+                return st;
         } else {
             const struct gpu_layer *g = &cm->layers[l];
             moe_item one = {(const uint8_t *)g->w_gate, (const uint8_t *)g->w_up,
@@ -269,6 +215,7 @@ static int decode_graph(struct cuda_model *cm, struct cuda_ctx *cc, struct sl_co
     if (cc->graph_state) return cc->graph_state > 0;
     cudaGraph_t graph = NULL;
     cc->graph_state = -1;
+    cuda_pdl_enabled(); /* its device query, before the capture */
     if (cudaStreamBeginCapture(cc->stream, cudaStreamCaptureModeThreadLocal) != cudaSuccess) {
         cudaGetLastError();
         return 0;
@@ -300,6 +247,8 @@ int forward_batch_cuda(struct sl_context *ctx, const int32_t *tokens, int n, uin
     cc->h_io[0] = (int32_t)pos;
     memcpy(cc->h_io + 1, tokens, (size_t)n * sizeof *tokens);
     CU_TRY(cudaMemcpyAsync(cc->d_io, cc->h_io, (size_t)(n + 1) * 4, cudaMemcpyHostToDevice, s));
+    /* a sequence starts at position 0 with zero recurrent state (hybrid) */
+    if (pos == 0 && (st = hybrid_cuda_reset(cc->hy, s))) return st;
     if (n == 1 && logits && decode_graph(cm, cc, ctx)) {
         CU_TRY(cudaGraphLaunch(cc->graph, s));
         ctx->stats.expert_loads += cm->decode_expert_loads; /* what moe_block counts */

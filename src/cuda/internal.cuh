@@ -17,8 +17,12 @@
 extern "C" {
 #include "context.h"
 #include "cuda/cuda.h"
+#include "gpu_miss.h"
 #include "model.h"
 }
+
+struct mla_cuda_model; /* layer_mla_cuda.cuh */
+struct mla_cuda_ctx;
 
 /* Device pointers of one layer's dense weights (NULL where the host's is). */
 struct gpu_layer {
@@ -26,6 +30,7 @@ struct gpu_layer {
     const float *q_norm, *k_norm;           /* (head_dim) or NULL */
     const float *bq, *bk, *bv, *bo;         /* biases or NULL */
     const float *router_b;                  /* (n_experts) or NULL */
+    const float *sinks;                     /* (n_heads) attention sinks or NULL */
     const void *wq, *wk, *wv, *wo, *router; /* as struct layer_weights */
     const void *w_gate, *w_up, *w_down;     /* dense-MLP layers */
     struct ffn_shape mlp;                   /* dense-MLP layers */
@@ -42,6 +47,15 @@ struct gpu_slot {
     int ev_valid;
     cudaEvent_t ev_ready;   /* recorded after its upload */
     int in_flight;          /* ev_ready may not have completed */
+    int prefetched;         /* uploaded by a lookahead, not used yet */
+};
+
+/* A host RAM cache record read by a direct upload: its store pin, dropped
+ * by a host function on the release stream once the copy is done. */
+struct gpu_release {
+    struct expert_store *store;
+    uint32_t layer, expert;
+    int busy;               /* atomic: set at launch, cleared by the callback */
 };
 
 /* The GPU expert cache: n_slots record-sized slots in one device arena
@@ -70,6 +84,28 @@ struct gpu_cache {
     int n_events;            /* slots whose events exist */
     uint64_t hits, uploads, h2d_bytes;
     double h2d_seconds;
+    /* direct uploads: the host store's RAM arena page-locked with
+     * cudaHostRegister (NULL: every upload goes through staging) */
+    uint8_t *reg_base;
+    uint64_t reg_len;
+    cudaStream_t release;    /* host functions dropping the store pins */
+    struct gpu_release *rel; /* (n_rel) ring of pending pin drops */
+    int n_rel, rel_next;
+    uint64_t staged;         /* uploads through staging */
+    int timing_open;         /* ev_t0 recorded, ev_t1 not yet */
+    uint64_t t_window_bytes; /* bytes uploaded in the open window */
+    uint64_t t_bytes;        /* bytes of the timed windows: the H2D rate is
+                                t_bytes / h2d_seconds */
+    /* the per-miss choice (gpu_miss.h) and the lookahead */
+    int miss_policy;         /* enum sl_gpu_miss_policy */
+    struct gpu_miss_model mm;
+    uint64_t cpu_experts;
+    double cpu_seconds;
+    int prefetch_on;         /* lookahead uploads into the GPU cache */
+    uint64_t pf_uploads, pf_useful, pf_wasted;
+    uint64_t *miss_bytes;    /* (n_experts) scratch of a plan */
+    int32_t *miss_tok;       /* (n_experts) */
+    uint8_t *miss_ram, *miss_cpu; /* (n_experts) */
 };
 
 struct cuda_model {
@@ -87,6 +123,9 @@ struct cuda_model {
     int use_graphs;              /* SLUICE_CUDA_GRAPH != 0 */
     uint64_t decode_expert_loads; /* per decode step: k per MoE layer */
     uint64_t decode_expert_bytes; /* and their record data bytes */
+    struct hybrid_cuda *hy;      /* qwen3_next / qwen3_5_moe layers
+                                    (layer_gdn_cuda.cuh), else NULL */
+    struct mla_cuda_model *mla;  /* deepseek_v3 (layer_mla_cuda.cuh) or NULL */
 };
 
 struct cuda_ctx {
@@ -118,10 +157,18 @@ struct cuda_ctx {
     const uint8_t **bases;       /* (n_experts) their device record bases */
     uint8_t *hit;                /* (n_experts) resident before the layer */
     int32_t *iota;               /* (n_batch) 0, 1, ... device (dense MLP) */
+    unsigned int *d_sync;        /* (32) zeroed: [0] the fused router's
+                                    block counter (matvec_route_cuda) */
     cudaEvent_t ev_arrive;
+    struct stream_ctx *sx;       /* streaming MoE buffers (moe_stream_cuda.cu),
+                                    made on first use */
     cudaGraphExec_t graph;       /* the decode step (n = 1, resident) */
     int graph_state;             /* 0 not yet, 1 ready, -1 off */
     uint32_t max_items;
+    struct hybrid_cuda_ctx *hy;  /* recurrent state and scratch of the hybrid
+                                    layers (layer_gdn_cuda.cuh), else NULL */
+    struct mla_cuda_ctx *mla;    /* deepseek_v3: latent cache and MLA buffers
+                                    (layer_mla_cuda.cuh), else NULL */
 };
 
 /* GPU cache (expert_cache_cuda.cu). Create: budget in bytes or
@@ -142,5 +189,29 @@ int gpu_cache_acquire(struct cuda_model *cm, uint32_t layer, const int32_t *ids,
                       int32_t *slots, cudaEvent_t ev_arrive, int *uploaded);
 /* Records on `stream` that the slots' use is enqueued, and unpins them. */
 void gpu_cache_release(struct cuda_model *cm, const int32_t *slots, int n, cudaStream_t stream);
+
+/* The per-miss choice for distinct experts ids[0..n) of layer (ascending),
+ * used by tokens[i] of a chunk of n_tok tokens: cpu[i] = 1 where the
+ * expert is missing from the GPU cache and is to be computed on the CPU
+ * (gpu_miss_decide with the cache's policy and measured H2D rate). */
+void gpu_cache_plan(struct cuda_model *cm, uint32_t layer, const int32_t *ids,
+                    const int32_t *tokens, int n, int n_tok, uint8_t *cpu);
+/* Records a CPU expert computation (statistics and the cost model). */
+void gpu_cache_note_cpu(struct cuda_model *cm, double seconds, uint64_t bytes, int tokens);
+/* Lookahead: uploads those of experts ids[0..n) of layer that are in the
+ * host RAM cache but not the GPU cache into unpinned slots (at most half
+ * the slots), on the copy stream. Never blocks on a read, never fails (a
+ * failed copy just forgets the slot). */
+void gpu_cache_prefetch(struct cuda_model *cm, uint32_t layer, const int32_t *ids, int n);
+
+/* Streaming MoE of layer l for n tokens (moe_stream_cuda.cu): routing done
+ * (cc->topk_ids, cc->topk_w, cc->xb), adds the routed experts' weighted sum
+ * into cc->x. */
+int moe_streaming_cuda(struct cuda_model *cm, struct cuda_ctx *cc, struct sl_context *ctx,
+                       uint32_t l, int n);
+/* The cache's counters into the gpu_* fields of *out (cuda_model_stats). */
+void gpu_cache_stats(const struct gpu_cache *gc, struct sl_stats *out);
+/* Frees cc->sx (NULL is a no-op). */
+void stream_ctx_free(struct cuda_ctx *cc);
 
 #endif /* SL_CUDA_INTERNAL_CUH */

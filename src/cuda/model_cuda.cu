@@ -12,6 +12,8 @@
 #include <stdlib.h>
 
 #include "cuda/internal.cuh"
+#include "cuda/layer_gdn_cuda.cuh"
+#include "cuda/layer_mla_cuda.cuh"
 
 extern "C" {
 #include "quant.h"
@@ -42,14 +44,16 @@ int cuda_probe(char *desc, size_t desc_len) {
 static int check_supported(const struct sl_model *m) {
     const struct sl_config *c = &m->cfg;
     const char *what = NULL;
-    if (c->arch != SL_ARCH_QWEN3_MOE && c->arch != SL_ARCH_MIXTRAL && c->arch != SL_ARCH_OLMOE)
+    if (c->arch == SL_ARCH_DEEPSEEK_V3 || c->kv_lora_rank) /* MLA: layer_mla_cuda.cu */
+        return mla_cuda_check(m);
+    if (config_is_hybrid(c)) /* qwen3_next / qwen3_5_moe: checks of its own */
+        what = hybrid_cuda_unsupported(m);
+    else if (c->arch != SL_ARCH_QWEN3_MOE && c->arch != SL_ARCH_MIXTRAL && c->arch != SL_ARCH_OLMOE &&
+        c->arch != SL_ARCH_GPT_OSS)
         what = "this architecture";
-    else if (c->sliding_window) what = "sliding-window attention";
-    else if (c->attn_sinks) what = "attention sinks";
-    else if (c->expert_bias) what = "expert biases";
-    else if (c->swiglu_limit > 0) what = "the clamped SwiGLU";
-    else if (m->rope_inv_freq && m->rope_mscale != 1.0f) what = "YaRN attention scaling";
-    else if (c->qk_norm == SL_QK_NORM_FULL) what = "q/k norm over the whole projection";
+    /* sliding windows, sinks, YaRN, full-projection q/k norm, router and
+     * expert biases, the clamped SwiGLU: supported (docs/cuda.md) */
+    else if (c->rope_dim && c->rope_dim != c->head_dim) what = "partial rotary embeddings";
     else if (c->head_dim > 256 || c->head_dim % 2) what = "a head_dim over 256 or odd";
     else if (c->n_experts > 4096 || c->n_experts_used > 64) what = "over 4096 experts or top-64";
     if (!what) return SL_OK;
@@ -65,7 +69,7 @@ static const void *dev(const struct cuda_model *cm, const void *h) {
 
 static struct ffn_shape ffn_shape_of(int hidden, int ffn, int dt_gu, int dt_down,
                                      uintptr_t gate, uintptr_t up, uintptr_t down) {
-    struct ffn_shape s;
+    struct ffn_shape s = {}; /* no biases, plain SwiGLU unless set after */
     s.hidden = hidden;
     s.ffn = ffn;
     s.dt_gu = dt_gu;
@@ -113,6 +117,7 @@ static int upload_dense(struct cuda_model *cm) {
         g->bv = (const float *)dev(cm, L->bv);
         g->bo = (const float *)dev(cm, L->bo);
         g->router_b = (const float *)dev(cm, L->router_b);
+        g->sinks = (const float *)dev(cm, L->sinks);
         g->wq = dev(cm, L->wq.data);
         g->wk = dev(cm, L->wk.data);
         g->wv = dev(cm, L->wv.data);
@@ -128,6 +133,12 @@ static int upload_dense(struct cuda_model *cm) {
             g->moe = ffn_shape_of((int)c->hidden, (int)c->moe_ffn, el->part[0].dtype,
                                   el->part[2].dtype, el->part[0].offset, el->part[1].offset,
                                   el->part[2].offset);
+            g->moe.gu_b = (const float *)dev(cm, L->exp_gate_up_b); /* gpt_oss */
+            g->moe.down_b = (const float *)dev(cm, L->exp_down_b);
+            if (c->swiglu_limit > 0) {
+                g->moe.alpha = c->swiglu_alpha;
+                g->moe.limit = c->swiglu_limit;
+            }
             cm->decode_expert_loads += c->n_experts_used;
             cm->decode_expert_bytes +=
                 (uint64_t)c->n_experts_used * (el->part[2].offset + el->part[2].size);
@@ -175,6 +186,8 @@ int cuda_model_create(struct sl_model *m, struct cuda_model **out) {
     cm->use_graphs = !(g && !strcmp(g, "0"));
     size_t free_b = 0, total_b = 0;
     if ((st = upload_dense(cm))) goto fail;
+    if (config_is_hybrid(&m->cfg) && (st = hybrid_cuda_model_create(cm, &cm->hy))) goto fail;
+    if (m->cfg.kv_lora_rank && (st = mla_cuda_model_create(cm))) goto fail; /* deepseek_v3 */
     {
         cudaError_t e = cudaMemGetInfo(&free_b, &total_b);
         if (e != cudaSuccess) {
@@ -210,6 +223,8 @@ fail:
 void cuda_model_free(struct cuda_model *cm) {
     if (!cm) return;
     gpu_cache_free(&cm->gc);
+    hybrid_cuda_model_free(cm->hy);
+    mla_cuda_model_free(cm->mla);
     if (cm->d_dense) cudaFree(cm->d_dense);
     if (cm->d_inv_freq) cudaFree(cm->d_inv_freq);
     sl_free(cm->layers);
@@ -219,14 +234,7 @@ void cuda_model_free(struct cuda_model *cm) {
 const char *cuda_model_desc(const struct cuda_model *cm) { return cm->desc; }
 
 void cuda_model_stats(const struct cuda_model *cm, struct sl_stats *out) {
-    struct gpu_cache *gc = (struct gpu_cache *)&cm->gc;
-    if (gc->mu_init) pthread_mutex_lock(&gc->mu);
-    out->gpu_hits = gc->hits;
-    out->gpu_uploads = gc->uploads;
-    out->gpu_h2d_bytes = gc->h2d_bytes;
-    out->gpu_h2d_seconds = gc->h2d_seconds;
-    out->gpu_cache_bytes = (uint64_t)gc->n_slots * gc->slot_bytes;
-    if (gc->mu_init) pthread_mutex_unlock(&gc->mu);
+    gpu_cache_stats(&cm->gc, out); /* expert_cache_cuda.cu */
 }
 
 /* ---- contexts ------------------------------------------------------------ */
@@ -234,11 +242,14 @@ void cuda_model_stats(const struct cuda_model *cm, struct sl_stats *out) {
 void cuda_ctx_free(struct cuda_ctx *cc) {
     if (!cc) return;
     if (cc->stream) cudaStreamSynchronize(cc->stream);
+    stream_ctx_free(cc); /* moe_stream_cuda.cu */
+    hybrid_cuda_ctx_free(cc->hy);
+    mla_cuda_ctx_free(cc->mla);
     if (cc->graph) cudaGraphExecDestroy(cc->graph);
     void *dbufs[] = {cc->d_io, cc->k_cache, cc->v_cache, cc->x, cc->xb, cc->q, cc->att,
                      cc->kb, cc->vb, cc->scores, cc->router, cc->topk_w, cc->topk_ids,
                      cc->sel, cc->n_items, cc->items, cc->H, cc->moe_tmp, cc->logits,
-                     cc->iota};
+                     cc->iota, cc->d_sync};
     for (size_t i = 0; i < sizeof dbufs / sizeof *dbufs; i++)
         if (dbufs[i]) cudaFree(dbufs[i]);
     void *hbufs[] = {cc->h_io, cc->h_logits, cc->h_ids, cc->h_sel, cc->h_items, cc->h_counts};
@@ -263,6 +274,7 @@ int cuda_ctx_create(struct sl_context *ctx, struct cuda_ctx **out) {
     if (!cc) return sl_seterr(SL_ERR_NOMEM, "out of memory");
     uint64_t B = ctx->n_batch, hid = c->hidden, ne = c->n_experts ? c->n_experts : 1;
     uint64_t kv = (uint64_t)c->n_layers * ctx->n_ctx * config_kv_dim(c);
+    if (c->kv_lora_rank) kv = 0; /* MLA: the latent cache instead (layer_mla_cuda.cuh) */
     uint64_t ffn = c->moe_ffn > c->ffn ? c->moe_ffn : c->ffn;
     uint64_t rows_k = B * k > B ? B * k : B;
     cc->max_items = (uint32_t)(ne > rows_k ? ne : rows_k);
@@ -290,6 +302,7 @@ int cuda_ctx_create(struct sl_context *ctx, struct cuda_ctx **out) {
         {(void **)&cc->moe_tmp, rows_k * hid * 4},
         {(void **)&cc->logits, B * c->n_vocab * 4},
         {(void **)&cc->iota, B * 4},
+        {(void **)&cc->d_sync, 32 * 4},
     };
     uint64_t total = 0;
     for (size_t i = 0; i < sizeof d / sizeof *d; i++) total += d[i].bytes;
@@ -339,6 +352,7 @@ int cuda_ctx_create(struct sl_context *ctx, struct cuda_ctx **out) {
     if (e == cudaSuccess) e = cudaEventCreateWithFlags(&cc->ev_arrive, cudaEventDisableTiming);
     if (e == cudaSuccess) e = cudaMemset(cc->k_cache, 0, kv * 4);
     if (e == cudaSuccess) e = cudaMemset(cc->v_cache, 0, kv * 4);
+    if (e == cudaSuccess) e = cudaMemset(cc->d_sync, 0, 32 * 4);
     for (uint64_t i = 0; i < B && e == cudaSuccess; i++) cc->h_io[i] = (int32_t)i;
     if (e == cudaSuccess) e = cudaMemcpy(cc->iota, cc->h_io, B * 4, cudaMemcpyHostToDevice);
     if (e != cudaSuccess) {
@@ -346,7 +360,83 @@ int cuda_ctx_create(struct sl_context *ctx, struct cuda_ctx **out) {
         cuda_ctx_free(cc);
         return st;
     }
+    if (cm->hy) { /* Gated DeltaNet state, zeroed (layer_gdn_cuda.cuh) */
+        int st = hybrid_cuda_ctx_create(cm, ctx, &cc->hy);
+        if (st) {
+            cuda_ctx_free(cc);
+            return st;
+        }
+    }
+    if (cm->mla) { /* deepseek_v3: latent cache and MLA buffers */
+        int st = mla_cuda_ctx_create(ctx, cc);
+        if (st) {
+            cuda_ctx_free(cc);
+            return st;
+        }
+    }
     cc->graph_state = cm->use_graphs && cm->gc.all_resident ? 0 : -1;
     *out = cc;
     return SL_OK;
+}
+
+/* ---- measured limits (sluice bench) --------------------------------------- */
+
+static int cu_ok(cudaError_t e, const char *what) {
+    return e == cudaSuccess ? (int)SL_OK : cuda_fail(e, what);
+}
+
+/* Best of 5 timed copies of `bytes` from src to dst on a private stream. */
+static int time_copy(void *dst, const void *src, size_t bytes, cudaMemcpyKind kind,
+                     double *best_s) {
+    cudaStream_t s;
+    cudaEvent_t e0 = NULL, e1 = NULL;
+    CU_TRY(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+    int st = SL_OK;
+    if ((st = cu_ok(cudaEventCreate(&e0), "cudaEventCreate")) == SL_OK &&
+        (st = cu_ok(cudaEventCreate(&e1), "cudaEventCreate")) == SL_OK) {
+        *best_s = 0;
+        for (int r = 0; r < 6 && st == SL_OK; r++) { /* the first one warms up */
+            float ms = 0;
+            cudaError_t e = cudaEventRecord(e0, s);
+            if (e == cudaSuccess) e = cudaMemcpyAsync(dst, src, bytes, kind, s);
+            if (e == cudaSuccess) e = cudaEventRecord(e1, s);
+            if (e == cudaSuccess) e = cudaEventSynchronize(e1);
+            if (e == cudaSuccess) e = cudaEventElapsedTime(&ms, e0, e1);
+            if (e != cudaSuccess) st = cuda_fail(e, "timed copy");
+            else if (r > 0 && (*best_s == 0 || ms / 1e3 < *best_s)) *best_s = ms / 1e3;
+        }
+    }
+    if (e1) cudaEventDestroy(e1);
+    if (e0) cudaEventDestroy(e0);
+    cudaStreamDestroy(s);
+    return st;
+}
+
+int cuda_measure_bandwidth(struct cuda_model *cm, double *mem_gbs, double *h2d_gbs) {
+    (void)cm;
+    *mem_gbs = *h2d_gbs = 0;
+    size_t free_b = 0, total_b = 0;
+    CU_TRY(cudaMemGetInfo(&free_b, &total_b));
+    size_t bytes = (size_t)256 << 20;
+    while (bytes > ((size_t)16 << 20) && 2 * bytes > free_b / 2) bytes /= 2;
+    if (2 * bytes > free_b)
+        return sl_seterr(SL_ERR_NOMEM, "cuda: %.0f MiB of device memory free: too little to "
+                         "measure bandwidth", free_b / 1048576.0);
+    char *d = NULL, *h = NULL;
+    int st = SL_OK;
+    double t = 0;
+    if ((st = cu_ok(cudaMalloc(&d, 2 * bytes), "cudaMalloc (bandwidth probe)")) == SL_OK &&
+        (st = cu_ok(cudaMemset(d, 1, 2 * bytes), "cudaMemset")) == SL_OK &&
+        (st = time_copy(d + bytes, d, bytes, cudaMemcpyDeviceToDevice, &t)) == SL_OK) {
+        *mem_gbs = t > 0 ? 2.0 * (double)bytes / t / 1e9 : 0; /* read + write */
+        if ((st = cu_ok(cudaMallocHost(&h, bytes), "cudaMallocHost (bandwidth probe)")) ==
+                SL_OK) {
+            memset(h, 1, bytes);
+            if ((st = time_copy(d, h, bytes, cudaMemcpyHostToDevice, &t)) == SL_OK)
+                *h2d_gbs = t > 0 ? (double)bytes / t / 1e9 : 0;
+        }
+    }
+    if (h) cudaFreeHost(h);
+    if (d) cudaFree(d);
+    return st;
 }

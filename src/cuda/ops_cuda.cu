@@ -155,7 +155,7 @@ int rmsnorm_cuda(cudaStream_t s, const float *x, const float *w, float *out, int
 __global__ void kernel_qk_rope_store(float *q, const float *kb, const float *vb, float *kcache,
                                      float *vcache, const int32_t *d_pos, int nh, int nkv,
                                      int hd, const float *qn, const float *kn, float eps,
-                                     const float *__restrict__ inv_freq) {
+                                     const float *__restrict__ inv_freq, float mscale) {
     int t = blockIdx.x, hh = blockIdx.y, lane = threadIdx.x;
     int pos = *d_pos + t, kv_dim = nkv * hd;
     const float *x, *nw;
@@ -191,6 +191,10 @@ __global__ void kernel_qk_rope_store(float *q, const float *kb, const float *vb,
         }
         float f = __fmul_rn((float)pos, inv_freq[i]);
         float c = (float)cos((double)f), sn = (float)sin((double)f);
+        if (mscale != 1.0f) { /* YaRN: ops_rope_neox_freqs */
+            c = __fmul_rn(c, mscale);
+            sn = __fmul_rn(sn, mscale);
+        }
         dst[i] = __fsub_rn(__fmul_rn(a, c), __fmul_rn(b, sn));
         dst[i + half] = __fadd_rn(__fmul_rn(b, c), __fmul_rn(a, sn));
     }
@@ -202,7 +206,24 @@ int qk_rope_store_cuda(cudaStream_t s, float *q, const float *kb, const float *v
                        const float *inv_freq) {
     kernel_qk_rope_store<<<dim3(n, nh + 2 * nkv), 32, 0, s>>>(q, kb, vb, kcache, vcache, d_pos,
                                                               nh, nkv, hd, qn, kn, eps,
-                                                              inv_freq);
+                                                              inv_freq, 1.0f);
+    return launched("kernel_qk_rope_store");
+}
+
+int qk_rope_store_ext_cuda(cudaStream_t s, float *q, float *kb, const float *vb, float *kcache,
+                           float *vcache, const int32_t *d_pos, int n, int nh, int nkv, int hd,
+                           const float *qn, const float *kn, int full_norm, float eps,
+                           const float *inv_freq, float mscale) {
+    int st;
+    if (full_norm && qn && kn) { /* olmoe: rmsnorm over the whole projection */
+        if ((st = rmsnorm_cuda(s, q, qn, q, n, nh * hd, eps)) ||
+            (st = rmsnorm_cuda(s, kb, kn, kb, n, nkv * hd, eps)))
+            return st;
+        qn = kn = NULL;
+    }
+    kernel_qk_rope_store<<<dim3(n, nh + 2 * nkv), 32, 0, s>>>(q, kb, vb, kcache, vcache, d_pos,
+                                                              nh, nkv, hd, qn, kn, eps,
+                                                              inv_freq, mscale);
     return launched("kernel_qk_rope_store");
 }
 
@@ -212,22 +233,26 @@ int qk_rope_store_cuda(cudaStream_t s, float *q, const float *kb, const float *v
 
 /* One block per (head, token). Scores go to global scratch (any context
  * length); the weighted sum splits positions over ATT_THREADS / hd groups
- * that are added in a fixed order. */
+ * that are added in a fixed order. window > 0: positions p - window + 1 ..
+ * p only; sinks (nh) or NULL: one more softmax column without value
+ * (ops_attention_ext). */
 __global__ void __launch_bounds__(ATT_THREADS)
     kernel_attention(const float *__restrict__ q, const float *__restrict__ kc,
                      const float *__restrict__ vc, float *__restrict__ out, float *scores,
-                     const int32_t *d_pos, int nh, int nkv, int hd, int n_ctx, float scale) {
+                     const int32_t *d_pos, int nh, int nkv, int hd, int n_ctx, float scale,
+                     int window, const float *__restrict__ sinks) {
     extern __shared__ float sm[]; /* qs (hd) | part (groups * hd) */
     __shared__ float red[32];
     int h = blockIdx.x, t = blockIdx.y, tid = threadIdx.x;
     int lane = tid & 31, wid = tid >> 5, nw = ATT_THREADS / 32;
     int np = *d_pos + t + 1, kv_dim = nkv * hd, kvh = h / (nh / nkv);
+    int lo = window > 0 && np - window > 0 ? np - window : 0;
     float *qs = sm, *part = sm + hd;
     const float *qh = q + ((uint64_t)t * nh + h) * hd;
     for (int i = tid; i < hd; i += ATT_THREADS) qs[i] = qh[i];
     __syncthreads();
     float *sc = scores + ((uint64_t)t * nh + h) * n_ctx;
-    for (int p = wid; p < np; p += nw) {
+    for (int p = lo + wid; p < np; p += nw) {
         const float *kr = kc + (uint64_t)p * kv_dim + (uint64_t)kvh * hd;
         float d = 0.f;
         for (int i = lane; i < hd; i += 32) d += qs[i] * kr[i];
@@ -236,26 +261,28 @@ __global__ void __launch_bounds__(ATT_THREADS)
     }
     __syncthreads();
     float mx = -INFINITY;
-    for (int p = tid; p < np; p += ATT_THREADS) mx = fmaxf(mx, sc[p]);
+    for (int p = lo + tid; p < np; p += ATT_THREADS) mx = fmaxf(mx, sc[p]);
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
     if (lane == 0) red[wid] = mx;
     __syncthreads();
     mx = red[0];
     for (int i = 1; i < nw; i++) mx = fmaxf(mx, red[i]);
+    if (sinks) mx = fmaxf(mx, sinks[h]);
     double sum = 0;
-    for (int p = tid; p < np; p += ATT_THREADS) {
+    for (int p = lo + tid; p < np; p += ATT_THREADS) {
         float e = expf(sc[p] - mx);
         sc[p] = e;
         sum += e;
     }
     sum = block_sum_d(sum); /* its barriers also publish sc[] */
+    if (sinks) sum += (double)expf(sinks[h] - mx);
     float inv = (float)(1.0 / sum);
     int groups = ATT_THREADS / hd, d = tid % hd, g = tid / hd;
     if (g < groups) {
         const float *vr = vc + (uint64_t)kvh * hd + d;
         float acc = 0.f;
-        for (int p = g; p < np; p += groups) acc += sc[p] * vr[(uint64_t)p * kv_dim];
+        for (int p = lo + g; p < np; p += groups) acc += sc[p] * vr[(uint64_t)p * kv_dim];
         part[g * hd + d] = acc;
     }
     __syncthreads();
@@ -275,7 +302,30 @@ int attention_cuda(cudaStream_t s, const float *q, const float *kcache, const fl
     int groups = ATT_THREADS / hd;
     size_t smem = (size_t)(hd + groups * hd) * sizeof(float);
     kernel_attention<<<dim3(nh, n), ATT_THREADS, smem, s>>>(q, kcache, vcache, out, scores, d_pos,
-                                                            nh, nkv, hd, n_ctx, scale);
+                                                            nh, nkv, hd, n_ctx, scale, 0, NULL);
+    return launched("kernel_attention");
+}
+
+int attention_ext_cuda(cudaStream_t s, const float *q, const float *kcache,
+                       const float *vcache, float *out, float *scratch, size_t scratch_floats,
+                       const int32_t *d_pos, int n, int nh, int nkv, int hd, int n_ctx,
+                       float scale, int window, const float *sinks) {
+    if (hd > ATT_THREADS || hd < 1 || nh % nkv || window < 0)
+        return sl_seterr(SL_ERR_UNSUPPORTED, "CUDA attention: head_dim %d > %d, %d heads not "
+                         "a multiple of %d kv heads, or window %d", hd, ATT_THREADS, nh, nkv,
+                         window);
+    size_t split = n == 1 ? attention_split_floats(nh, hd, n_ctx, window) : 0;
+    if (split && split <= scratch_floats && cuda_tune("SLUICE_CUDA_ATT_SPLIT", 1))
+        return attention_split_cuda(s, q, kcache, vcache, out, scratch, d_pos, nh, nkv, hd,
+                                    n_ctx, scale, window, sinks);
+    if ((size_t)n * nh * n_ctx > scratch_floats)
+        return sl_seterr(SL_ERR_ARG, "CUDA attention: scratch of %zu floats < %d x %d x %d",
+                         scratch_floats, n, nh, n_ctx);
+    int groups = ATT_THREADS / hd;
+    size_t smem = (size_t)(hd + groups * hd) * sizeof(float);
+    kernel_attention<<<dim3(nh, n), ATT_THREADS, smem, s>>>(q, kcache, vcache, out, scratch,
+                                                            d_pos, nh, nkv, hd, n_ctx, scale,
+                                                            window, sinks);
     return launched("kernel_attention");
 }
 
@@ -439,7 +489,7 @@ __global__ void __launch_bounds__(MM_THREADS)
         for (int i = 0; i < TB; i++) {
             float gv = warp_sum(ga[i]), uv = warp_sum(ua[i]);
             if (lane == i && j0 + i < it.count)
-                H[(uint64_t)sj[i] * sh.ffn + r] = gv / (1.0f + expf(-gv)) * uv;
+                H[(uint64_t)sj[i] * sh.ffn + r] = ffn_h(sh, sj[i], r, gv, uv);
         }
     }
 }
@@ -474,6 +524,9 @@ __global__ void __launch_bounds__(MM_THREADS)
             if (lane == i && j0 + i < it.count) {
                 if (into_x)
                     out[(uint64_t)(sj[i] / k) * sh.hidden + r] += v;
+                else if (sh.down_b) /* gpt_oss: + the expert's down bias */
+                    out[(uint64_t)sj[i] * sh.hidden + r] =
+                        v + sh.down_b[(uint64_t)sh.ids[sj[i]] * sh.hidden + r];
                 else
                     out[(uint64_t)sj[i] * sh.hidden + r] = v;
             }

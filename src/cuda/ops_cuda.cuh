@@ -58,6 +58,16 @@ struct ffn_shape {
     int dt_gu, dt_down;              /* gate/up share a dtype */
     uint64_t rb_gu, rb_down;         /* row bytes */
     int aligned_gu, aligned_down;    /* rows 16-byte aligned */
+    /* gpt_oss experts (ffn_h in ops_cuda_dev.cuh); all zero for the plain
+     * SwiGLU, whose arithmetic they then leave untouched: */
+    const float *gu_b;               /* (n_experts, 2 * ffn) gate/up biases,
+                                        HF-interleaved (gate j at 2j, up j
+                                        at 2j + 1), or NULL */
+    const float *down_b;             /* (n_experts, hidden) or NULL */
+    float alpha, limit;              /* limit > 0: the clamped SwiGLU */
+    const int32_t *ids;              /* (n * k) expert id of each selection
+                                        (the router's ids); read only with
+                                        gu_b / down_b */
 };
 
 /* Arguments of the decode matvec kernel (ops_cuda.cu). */
@@ -107,6 +117,25 @@ __host__ __device__ inline mv_seg mv_seg_pick(const mv_args &a, int *r) {
 int matvec_multi_cuda(cudaStream_t s, int dtype, int nseg, const void *const w[],
                       float *const y[], const float *const bias[], const int rows[], int cols,
                       const float *x, const float *norm_w, float eps, float *x_norm_out);
+/* Decode router + routing in ONE launch: logits (ne) = w · xn (+ bias),
+ * xn as matvec_multi_cuda (norm_w, x_norm_out), then the last block to
+ * finish routes them exactly as route_cuda with n = 1 (same ids and
+ * weights; items, sel, *n_items when table is given). done: one device
+ * counter, 0 before the first launch; the kernel leaves it 0 (graphs
+ * replay it), so launches sharing it must not overlap (one stream).
+ * SL_ERR_UNSUPPORTED without a message when it does not apply (dtype or
+ * alignment as matvec_multi_cuda, ne > 256, k > 32, or
+ * SLUICE_CUDA_ROUTEFUSE=0): the caller then runs the two apart. */
+int matvec_route_cuda(cudaStream_t s, int dtype, const void *w, const float *bias, int ne,
+                      int cols, const float *x, const float *norm_w, float eps,
+                      float *x_norm_out, float *logits, int k, int kind, int norm,
+                      int32_t *ids, float *wts, uint8_t *const *table, struct part_off off,
+                      struct moe_item *items, int32_t *sel, int32_t *n_items,
+                      unsigned int *done);
+/* Whether the decode kernels are launched with programmatic dependent
+ * launch (ops_decode_cuda.cu): compiled for sm_90+ and SLUICE_CUDA_PDL not
+ * 0. The first call queries the device: make it outside a stream capture. */
+bool cuda_pdl_enabled(void);
 /* Y (n, rows) = X (n, cols) · Wᵀ (+ bias) (+ Y when accumulate). */
 int matmul_cuda(cudaStream_t s, int dtype, const void *w, const float *X, float *Y, int n,
                 int rows, int cols, const float *bias, int accumulate);
@@ -124,11 +153,36 @@ int qk_rope_store_cuda(cudaStream_t s, float *q, const float *kb, const float *v
                        float *kcache, float *vcache, const int32_t *d_pos, int n, int nh,
                        int nkv, int hd, const float *qn, const float *kn, float eps,
                        const float *inv_freq);
+/* qk_rope_store_cuda for every family (kb in place too): full_norm (olmoe)
+ * normalises each token's whole q (nh * hd) and k (nkv * hd) projection
+ * with qn (nh * hd) and kn (nkv * hd) first (two kernel_rmsnorm launches),
+ * else qn/kn (hd) are per-head norms or NULL; rope cos and sin are
+ * multiplied by mscale (YaRN's attention factor; 1 = plain NeoX, the same
+ * arithmetic as ops_rope_neox_freqs). */
+int qk_rope_store_ext_cuda(cudaStream_t s, float *q, float *kb, const float *vb, float *kcache,
+                           float *vcache, const int32_t *d_pos, int n, int nh, int nkv, int hd,
+                           const float *qn, const float *kn, int full_norm, float eps,
+                           const float *inv_freq, float mscale);
 /* Causal GQA attention: out (n, nh, hd); query t sees positions 0 ..
  * *d_pos + t. scores: (n, nh, n_ctx) scratch. */
 int attention_cuda(cudaStream_t s, const float *q, const float *kcache, const float *vcache,
                    float *out, float *scores, const int32_t *d_pos, int n, int nh, int nkv,
                    int hd, int n_ctx, float scale);
+/* attention_cuda with the extensions of ops_attention_ext (src/cpu/
+ * ops_ext.h): window > 0 limits query position p to p - window + 1 .. p;
+ * sinks (nh) or NULL join each head's softmax as a column without value.
+ * scratch: scratch_floats floats (>= n * nh * n_ctx). Decode (n = 1) splits
+ * the positions of each head into spans of ATT_SPAN over several blocks
+ * (flash-decode: kernel_attention_split, then kernel_attention_combine;
+ * span boundaries depend only on the position count, so results are
+ * deterministic) when n_ctx > ATT_SPAN, the partials fit in scratch and
+ * SLUICE_CUDA_ATT_SPLIT is not 0; the launch grid depends only on n_ctx and
+ * window, so a captured decode graph stays valid at every position.
+ * hd <= 256. */
+int attention_ext_cuda(cudaStream_t s, const float *q, const float *kcache,
+                       const float *vcache, float *out, float *scratch, size_t scratch_floats,
+                       const int32_t *d_pos, int n, int nh, int nkv, int hd, int n_ctx,
+                       float scale, int window, const float *sinks);
 /* Router: logits (n, ne) → ids, w (n, k) (kind: enum sl_router_kind; norm:
  * renormalise). When table (ne device record bases) is given and n == 1,
  * also writes the k items (record part offsets off), sel = 0..k-1 and

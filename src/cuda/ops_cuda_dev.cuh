@@ -192,7 +192,37 @@ __device__ __forceinline__ bool topk_before(float a, int ia, float b, int ib) {
     return a > b || (a == b && ia < ib);
 }
 
-/* ---- launchers across the two files (ops_decode_cuda.cu) ---------------- */
+/* The expert activation of row r of selection sj from its gate and up dot
+ * products: + the gate/up biases of expert sh.ids[sj] when sh.gu_b, then
+ * the clamped SwiGLU of gpt-oss when sh.limit > 0 (ops_swiglu_clamped's
+ * arithmetic), else silu(g) * u exactly as before (ops_swiglu). */
+__device__ __forceinline__ float ffn_h(const ffn_shape &sh, int sj, int r, float g, float u) {
+    if (sh.gu_b) {
+        const float *b = sh.gu_b + (uint64_t)sh.ids[sj] * 2 * sh.ffn;
+        g += b[2 * r];
+        u += b[2 * r + 1];
+    }
+    if (sh.limit > 0.f) {
+        float lim = sh.limit;
+        g = g < lim ? g : lim;
+        u = u < -lim ? -lim : u > lim ? lim : u;
+        float glu = g / (1.0f + expf(-(g * sh.alpha)));
+        return (u + 1.0f) * glu;
+    }
+    return g / (1.0f + expf(-g)) * u;
+}
+
+/* ---- launchers across the files (ops_decode_cuda.cu, ops_ext_cuda.cu) --- */
+
+/* Decode attention split over spans of ATT_SPAN positions (ops_ext_cuda.cu):
+ * the scratch floats it needs (0 when n_ctx <= ATT_SPAN: no split), and
+ * the two launches (contract: attention_ext_cuda). */
+#define ATT_SPAN 256
+size_t attention_split_floats(int nh, int hd, int n_ctx, int window);
+int attention_split_cuda(cudaStream_t s, const float *q, const float *kcache,
+                         const float *vcache, float *out, float *part, const int32_t *d_pos,
+                         int nh, int nkv, int hd, int n_ctx, float scale, int window,
+                         const float *sinks);
 
 /* dtype is a dense format (BF16, F16, F32) and w's rows of cols are
  * 16-byte aligned: matvec_run applies. */

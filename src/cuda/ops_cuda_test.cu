@@ -167,7 +167,7 @@ int cuda_test_moe(const void *records, uint64_t record_bytes, const uint64_t off
     float *dx = NULL, *dw = NULL, *dh = NULL, *dy = NULL;
     int32_t *di = NULL, *dsel = NULL, *dni = NULL;
     struct moe_item *ditems = NULL;
-    struct ffn_shape sh;
+    struct ffn_shape sh = {};
     part_off po = {{off[0], off[1], off[2]}};
     int nsel = n * k;
     PUT(drec, records, (size_t)record_bytes * ne);

@@ -1,19 +1,26 @@
 #!/usr/bin/env python3
 """`sluice chat` through a pseudo-terminal (tools/cli_chat.c): a streamed
 answer, readline history (Up arrow recalls the last line), /stats, /reset,
-/system, /save and /load (not available until state save/load lands),
-Ctrl-C stopping a long answer without ending the session, an unknown
-command, Ctrl-D leaving with status 0; a model without a chat template is
-refused. Standard library only.
+/system, /save and /load (a saved conversation continues in a new session
+exactly as in the one that saved it, with the context restored rather than
+re-evaluated; a state of another model, a missing file and a file that is
+not a conversation are refused with a message and the session keeps its
+conversation), Ctrl-C stopping a long answer without ending the session, an
+unknown command, Ctrl-D leaving with status 0; a model without a chat
+template is refused. Standard library only.
 Usage: test_chat_pty.py SLUICE MODEL
 """
 import os
 import pty
 import select
+import subprocess
 import sys
+import tempfile
 import time
 
 SLUICE, MODEL = sys.argv[1], sys.argv[2]
+TOKENIZER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "models", "demo",
+                         "tokenizer.json")
 FAILS = []
 
 
@@ -70,6 +77,95 @@ class Pty:
         return None
 
 
+def stat(p, what):
+    """The number after `what` in /stats' output, or None."""
+    p.send("/stats\r")
+    out = p.read_until(b"\r\n> ") or b""
+    if what not in out:
+        return None
+    return int(out.split(what)[1].split()[0].strip(b","))
+
+
+def save_load(p):
+    """/save in session p, then the next turn there; a new session /loads
+    and gives that same turn. Refusals keep the session's conversation."""
+    n_fail = len(FAILS)
+    d = tempfile.mkdtemp()
+    conv = os.path.join(d, "conv.state")
+    p.send(f"/save {conv}\r")
+    out = p.read_until(b"\r\n> ")
+    check(out and b"saved " in out and os.path.exists(conv) and os.path.exists(conv + ".json"),
+          f"/save: {out!r}")
+    n_saved = int(out.split(b"saved ")[1].split()[0]) if out and b"saved " in out else -1
+    check(n_saved > 10, f"/save saved the context's tokens: {out!r}")
+    p.send("And the queen?\r")
+    want = p.read_until(b"\r\n> ")
+    check(want is not None and len(want.strip()) > len("And the queen?") + 2, f"turn 2: {want!r}")
+    # a new session continues from the file: its context holds the saved
+    # tokens before any turn, and the next turn gives the same greedy answer
+    q = Pty("-m", MODEL, "--temp", "0", "-n", "12")
+    q.read_until(b"\r\n> ")
+    q.send("/save\r")
+    out = q.read_until(b"\r\n> ")
+    check(out and b"needs a FILE" in out, f"/save without a file: {out!r}")
+    q.send(f"/load {conv}\r")
+    out = q.read_until(b"\r\n> ")
+    check(out and b"loaded %d tokens" % n_saved in out and b"3 messages" in out, f"/load: {out!r}")
+    check(stat(q, b"context ") == n_saved, "the loaded context holds the saved tokens")
+    prompt_before = stat(q, b"prompt tokens ")
+    q.send("And the queen?\r")
+    got = q.read_until(b"\r\n> ")
+    check(got == want, f"the loaded conversation continues as the saved one: {got!r} vs {want!r}")
+    prompt_after = stat(q, b"prompt tokens ")
+    check(prompt_before is not None and prompt_after is not None and
+          prompt_after - prompt_before < n_saved,
+          f"only the new turn was evaluated ({prompt_before} -> {prompt_after}, {n_saved} loaded)")
+    # refusals: the session keeps its conversation (5 messages now)
+    other_model = os.path.join(d, "other.sluice")
+    r = subprocess.run([SLUICE, "synth", "--preset", "demo", "--layers", "1", "--seed", "7",
+                        "--tokenizer", TOKENIZER, "-o", other_model, "--quiet"],
+                       capture_output=True)
+    check(r.returncode == 0, f"synth the other model: {r.stderr!r}")
+    o = Pty("-m", other_model, "--temp", "0", "-n", "4")
+    o.read_until(b"\r\n> ")
+    o.send("hi\r")
+    o.read_until(b"\r\n> ")
+    other = os.path.join(d, "other.state")
+    o.send(f"/save {other}\r")
+    out = o.read_until(b"\r\n> ")
+    check(out and b"saved " in out, f"/save on the other model: {out!r}")
+    o.send(b"\x04")
+    o.wait()
+    bad = os.path.join(d, "bad.state")
+    with open(bad, "wb") as f:
+        f.write(b"not a state")
+    with open(bad + ".json", "w") as f:
+        f.write('{"format": "sluice-chat", "version": 1, "system": null, "messages": []}')
+    notconv = os.path.join(d, "notconv.state")
+    with open(notconv, "wb") as f:
+        f.write(b"x")
+    with open(notconv + ".json", "w") as f:
+        f.write("[1, 2]")
+    for path, want_msg in ((other, b"another model"), (os.path.join(d, "missing"), b"cannot read"),
+                           (bad, b"not a sluice saved state"),
+                           (notconv, b"not a sluice chat conversation")):
+        q.send(f"/load {path}\r")
+        out = q.read_until(b"\r\n> ")
+        check(out and want_msg in out and b"unchanged" in out, f"/load {path}: {out!r}")
+    check(stat(q, b"messages ") == 5, "the refused loads kept the conversation")
+    check(stat(q, b"context ") > n_saved, "the refused loads kept the context")
+    q.send("/load /dev/null/x\r")  # a JSON path that cannot exist
+    out = q.read_until(b"\r\n> ")
+    check(out and b"cannot read" in out, f"/load under a file: {out!r}")
+    q.send(f"/save {os.path.join(d, 'no', 'such', 'dir')}\r")
+    out = q.read_until(b"\r\n> ")
+    check(out and b"/save: " in out and b"cannot write" in out, f"/save to a missing directory: {out!r}")
+    check(os.waitpid(q.pid, os.WNOHANG)[0] == 0, "the session died")
+    q.send(b"\x04")
+    check(q.wait() == 0, "Ctrl-D after the refusals")
+    return len(FAILS) == n_fail
+
+
 def main():
     p = Pty("-m", MODEL, "--temp", "0", "-n", "12", "--system", "You are terse.")
     check(p.read_until(b"\r\n> ") is not None, "no prompt at start")
@@ -90,10 +186,7 @@ def main():
     out = p.read_until(b"\r\n> ")
     check(out and b"generated 24 tokens" in out and b"tok/s" in out and b"expert cache" in out,
           f"/stats: {out!r}")
-    for cmd in ("/save conv.bin", "/load conv.bin"):
-        p.send(cmd + "\r")
-        out = p.read_until(b"\r\n> ")
-        check(out and b"not available until state save/load lands" in out, f"{cmd}: {out!r}")
+    check(save_load(p), "save/load")
     p.send("/frobnicate\r")
     out = p.read_until(b"\r\n> ")
     check(out and b"unknown command" in out, f"unknown command: {out!r}")
@@ -126,7 +219,6 @@ def main():
     check(p.wait() == 0, "/quit exit status")
 
     # usage errors
-    import subprocess
     r = subprocess.run([SLUICE, "chat", "-m", MODEL, "--temp", "hot"], capture_output=True)
     check(r.returncode == 2 and b"--temp" in r.stderr, f"bad --temp: {r.returncode} {r.stderr!r}")
     r = subprocess.run([SLUICE, "chat", "-m", "/nonexistent.sluice"], capture_output=True, stdin=subprocess.DEVNULL)

@@ -257,12 +257,21 @@ def one_request(s, i, stream):
 def test_concurrency(s):
     n = 16
     alone = [one_request(s, i, False) for i in range(n)]
+    m0 = s.metrics()
     with cf.ThreadPoolExecutor(n) as ex:
         futs = [ex.submit(one_request, s, i, i % 3 == 0) for i in range(n)]
         together = [f.result() for f in futs]
+    m1 = s.metrics()
     for i in range(n):
         check(together[i] == alone[i], f"client {i}: concurrent {together[i]!r} != alone {alone[i]!r}")
     check(len(set(alone)) > n // 2, f"the prompts give distinct answers: {alone}")
+    # continuous batching: the concurrent requests shared decode passes
+    check(m1["sluice_batched_decode"] == 1, "one multi-sequence context")
+    steps = m1["sluice_decode_steps_total"] - m0["sluice_decode_steps_total"]
+    toks = m1["sluice_decode_batch_tokens_total"] - m0["sluice_decode_batch_tokens_total"]
+    check(steps > 0 and toks / steps > 2, f"mean decode batch {toks}/{steps} in the concurrent phase")
+    check(m1["sluice_decode_batch_size_max"] > 2, f"largest decode batch {m1['sluice_decode_batch_size_max']}")
+    check(m1["sluice_expert_loads_total"] > m0["sluice_expert_loads_total"], "expert loads counted")
 
 
 def test_disconnect(s):
@@ -300,6 +309,10 @@ def test_prefix_cache(s):
 
 
 def test_limits():
+    r = subprocess.run([SLUICE, "serve", "-m", MODEL, "--port", "0", "--max-seqs", "200"],
+                       capture_output=True, timeout=60)
+    check(r.returncode == 1 and b"at most 256" in r.stderr,
+          f"--max-seqs 200 (+ 200 cached) over the sequence limit: {r.returncode} {r.stderr!r}")
     s = Server("--max-seqs", "1", "--max-queue", "0", "--api-key", "sekret")
     try:
         st, data = s.raw("GET", "/v1/models")
