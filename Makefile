@@ -43,6 +43,18 @@ CU_OBJ  := $(CU_SRC:%.cu=$(BUILD)/%.o)
 LIB_OBJ += $(CU_OBJ)
 CFLAGS  += -DSLUICE_CUDA
 LDLIBS  += -L$(CUDA_HOME)/lib64 -lcudart_static -ldl -lrt -lstdc++
+# NCCL (multi-GPU expert parallelism, docs/multi_gpu.md): where nccl.h is
+# found the CUDA objects get -DSLUICE_NCCL; libnccl.so.2 itself is loaded
+# with dlopen at the first multi-GPU open, never linked (no binary needs it
+# to start). NO_NCCL=1 builds without (--nccl-world then fails with "built
+# without NCCL").
+ifneq ($(NO_NCCL),1)
+NCCL_INC ?= $(patsubst %/nccl.h,%,$(firstword $(wildcard $(CUDA_HOME)/include/nccl.h \
+              /usr/local/include/nccl.h /usr/include/nccl.h)))
+endif
+ifneq ($(strip $(NCCL_INC)),)
+NCCL_FLAGS := -DSLUICE_NCCL -I$(NCCL_INC)
+endif
 endif
 endif
 LIB      := $(BUILD)/libsluice.a
@@ -72,7 +84,7 @@ $(BUILD)/%.o: %.c
 
 $(BUILD)/%.o: %.cu
 	@mkdir -p $(@D)
-	$(NVCC) $(NVCCFLAGS) $(CUARCH) -DSLUICE_CUDA -Iinclude -Isrc \
+	$(NVCC) $(NVCCFLAGS) $(CUARCH) -DSLUICE_CUDA $(NCCL_FLAGS) -Iinclude -Isrc \
 	  -Xcompiler -Wall,-Wextra,-Wno-unused-parameter,-fno-strict-aliasing -MMD -MP -c $< -o $@
 
 $(LIB): $(LIB_OBJ)

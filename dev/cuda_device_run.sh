@@ -11,7 +11,8 @@
 # call's time limit; SKIP_TEST, SKIP_BENCH skip those parts; BASELINE=path
 # of another sluice binary benchmarked on the same model first (before /
 # after on one machine); NOGRAPH=1 and STREAM=1 add the no-graph and the
-# streaming (--gpu-cache 2G) benches; NCU=1 adds a per-kernel profile
+# streaming (--gpu-cache 2G) benches; KBENCH=1 runs the decode-kernel
+# microbenchmark (cuda_decode_kernels, after the tests); NCU=1 adds a per-kernel profile
 # (ncu, gpu__time_duration) of decode steps on a 2-layer model.
 set -u
 R=.cudarun
@@ -30,6 +31,10 @@ if [ -z "${SKIP_TEST:-}" ]; then
     echo "== test_cuda with $TEST_ENV"
     env $(echo "$TEST_ENV" | tr ',' ' ') timeout 150 $R/test_cuda 2>&1 | grep "passed\|FAIL\|fail"
   fi
+fi
+if [ -n "${KBENCH:-}" ] && [ -x $R/cuda_decode_kernels ]; then # decode-kernel microbenchmark
+  echo "== cuda_decode_kernels"
+  timeout 100 $R/cuda_decode_kernels ${KBENCH_REPS:-200} 2>&1 | tee "$O/kbench.txt"
 fi
 echo "== device memory bandwidth (1 GiB device-to-device copy, read + write)"
 python3 - <<'PY' 2>&1 | tee "$O/bw.txt"

@@ -189,6 +189,21 @@ struct sl_model_params {
                                memory), or SL_GPU_CACHE_AUTO / SL_RAM_CACHE_ALL
                                (every expert resident) */
     int gpu_miss_policy;    /* enum sl_gpu_miss_policy (default UPLOAD) */
+    /* Expert parallelism over NCCL (docs/multi_gpu.md): one process per
+     * GPU, each with SL_DEVICE_CUDA and the same model, profile and
+     * prompts. Every rank holds the dense weights and the experts it owns;
+     * each MoE layer's partial outputs are summed with an all-reduce, so
+     * every rank gets the same logits. nccl_world <= 1: one GPU, no NCCL. */
+    int nccl_rank;          /* this process's rank in [0, nccl_world) */
+    int nccl_world;         /* number of ranks (0 or 1 = off) */
+    const char *nccl_id_path; /* the bootstrap file: rank 0 writes NCCL's
+                               unique id there (atomically) and removes it
+                               once every rank has joined; the others wait
+                               for it. Required with nccl_world > 1;
+                               borrowed during open */
+    double nccl_timeout_s;  /* seconds without progress (bootstrap, an
+                               all-reduce) before the model fails with an
+                               error naming the stalled step; 0 = 60 */
 };
 struct sl_model_params sl_model_default_params(void);
 
@@ -350,6 +365,22 @@ struct sl_stats {
     uint64_t gpu_prefetch_uploads; /* lookahead uploads into the GPU cache */
     uint64_t gpu_prefetch_useful;  /* of those, used before eviction */
     uint64_t gpu_prefetch_wasted;  /* of those, evicted unused */
+    /* SL_DEVICE_CUDA streaming decode steps (this context; GPU events,
+     * SLUICE_CUDA_STREAM_TIMING=0 turns them off): GPU time from the first
+     * MoE layer's routed experts to the last one's, over that many layer
+     * intervals (per-layer time = seconds / intervals); GPU time the compute
+     * stream waited for expert uploads; GPU time idle while the host got
+     * the router ids and planned the layer (the per-layer round trip). */
+    double gpu_layer_seconds;
+    uint64_t gpu_layer_intervals;
+    double gpu_upload_wait_seconds;
+    double gpu_roundtrip_seconds;
+    uint64_t nccl_allreduces;    /* multi-GPU: MoE all-reduces run */
+    uint64_t nccl_bytes;         /* their payload (floats x 4) per rank */
+    double nccl_seconds;         /* device time of the timed ones: eager
+                                    decode steps' (one token); neither
+                                    prompt chunks nor decode graphs */
+    uint64_t nccl_timed;         /* how many of them were timed */
 };
 void sl_context_stats(const struct sl_context *ctx, struct sl_stats *out);
 

@@ -16,6 +16,7 @@
 
 #include "model.h"
 #include "cuda/cuda.h"
+#include "placement.h"
 #include "cpu/ops_ext.h"
 #include "quant.h"
 #include "tokenizer.h"
@@ -379,8 +380,8 @@ int sl_model_open(const char *path, const struct sl_model_params *params,
         .profile_path = m->params.expert_profile,
     };
     if ((st = expert_store_create(&m->file, path, &sp, &m->experts))) goto fail;
-    m->params.expert_profile = NULL; /* borrowed only during open */
     if (m->params.use_mlock && (st = lock_dense(m))) goto fail;
+    if ((st = placement_check_params(&m->params))) goto fail; /* multi-GPU: placement.h */
     if (m->params.device == SL_DEVICE_CUDA || m->params.device == SL_DEVICE_AUTO) {
         st = cuda_model_create(m, &m->cuda); /* src/cuda/cuda.h */
         if (st == SL_ERR_UNSUPPORTED && m->params.device == SL_DEVICE_AUTO) {
@@ -393,6 +394,8 @@ int sl_model_open(const char *path, const struct sl_model_params *params,
         st = sl_seterr(SL_ERR_ARG, "unknown device %d (cpu 0, cuda 1, auto 2)", m->params.device);
         goto fail;
     }
+    m->params.expert_profile = NULL; /* borrowed only during open (the GPU placement reads it) */
+    m->params.nccl_id_path = NULL;
     const struct sl_config *c = &m->cfg;
     uint32_t n_moe = 0;
     for (uint32_t l = 0; l < c->n_layers; l++) n_moe += c->layer_is_moe[l];

@@ -16,8 +16,12 @@
  *     finished would differ);
  *   a whole decode MoE layer (router, routing, Q4 gate/up + SwiGLU, down +
  *     combine in expert-id order + residual) nmse <= 1e-9 vs the reference,
- *     bit-identical with the items listed in reverse and under each of
- *     SLUICE_CUDA_PDL, SLUICE_CUDA_ROUTEFUSE, SLUICE_CUDA_DC off.
+ *     bit-identical with the items listed in reverse, under each of
+ *     SLUICE_CUDA_PDL, SLUICE_CUDA_ROUTEFUSE, SLUICE_CUDA_DC off, with
+ *     SLUICE_CUDA_DC=2/3 (down + combine, all loads in flight, 1 or 2 rows
+ *     per warp), SLUICE_CUDA_GU=3/4 (gate/up, loads before the x copy,
+ *     16-byte x staging) and SLUICE_CUDA_PDL=1; SLUICE_CUDA_RWPR=1/2 (the
+ *     router's warps per row, another order of sums) nmse <= 1e-9 only.
  * Without a GPU (CI) or in a build without CUDA every test is skipped with
  * the reason.
  */
@@ -248,21 +252,28 @@ TEST(cuda_decode_moe_layer) {
             ops_scale_add(sum, y, wr[j], hid);
         }
         ops_add(ref, sum, hid);
-        /* variants: defaults, items reversed, then each switch off */
+        /* variants: defaults, items reversed, then each switch off, then
+         * the faster kernels (same sums: bit-identical), then the router's
+         * warps per row forced (another order of sums: nmse only) */
         const char *knobs[] = {NULL, NULL, "SLUICE_CUDA_PDL", "SLUICE_CUDA_ROUTEFUSE",
-                               "SLUICE_CUDA_DC"};
+                               "SLUICE_CUDA_DC", "SLUICE_CUDA_DC", "SLUICE_CUDA_DC",
+                               "SLUICE_CUDA_GU", "SLUICE_CUDA_GU", "SLUICE_CUDA_PDL",
+                               "SLUICE_CUDA_RWPR", "SLUICE_CUDA_RWPR"};
+        const char *vals[] = {NULL, NULL, "0", "0", "0", "2", "3", "3", "4", "1", "1", "2"};
+        const int nv = (int)(sizeof knobs / sizeof knobs[0]);
         float *first = malloc(hid * 4), *x = malloc(hid * 4);
-        for (int v = 0; v < 5; v++) {
+        for (int v = 0; v < nv; v++) {
             int32_t ids[8];
             float wts[8];
-            if (knobs[v]) knob(knobs[v], "0");
+            if (knobs[v]) knob(knobs[v], vals[v]);
             memcpy(x, x0, hid * 4);
             int st = cuda_test_moe_decode(SL_DTYPE_BF16, rw, nw, 1e-6f, recs, rec, off, dt, ne,
                                           hid, ffn, k, kind, norm, v == 1, x, ids, wts);
             if (knobs[v]) knob(knobs[v], NULL);
             char what[96];
-            snprintf(what, sizeof what, "moe layer kind %d variant %d (%s off)", kind, v,
-                     knobs[v] ? knobs[v] : v == 1 ? "items reversed" : "none");
+            snprintf(what, sizeof what, "moe layer kind %d variant %d (%s=%s)", kind, v,
+                     knobs[v] ? knobs[v] : v == 1 ? "items reversed" : "none",
+                     knobs[v] ? vals[v] : "-");
             CHECK_MSG(st == SL_OK, "%s: %s", what, sl_errmsg());
             if (st != SL_OK) continue;
             CHECK_MSG(memcmp(ids, idr, sizeof ids) == 0, "%s: ids differ from the CPU", what);
@@ -270,7 +281,7 @@ TEST(cuda_decode_moe_layer) {
             check_tensor(what, x, ref, hid, 1e-9, -1);
             if (v == 0)
                 memcpy(first, x, hid * 4);
-            else
+            else if (!knobs[v] || strcmp(knobs[v], "SLUICE_CUDA_RWPR") != 0)
                 CHECK_MSG(memcmp(first, x, hid * 4) == 0, "%s: not bit-identical to defaults",
                           what);
         }

@@ -22,7 +22,13 @@
  *       uses; cpu: no demand upload; upload: no CPU expert; auto: at least
  *       the CPU probe; direct uploads when registered, all staged when not;
  *       lookahead uploads only when on, used + wasted <= uploaded;
- *     - a bad gpu_miss_policy is SL_ERR_ARG naming it.
+ *     - a bad gpu_miss_policy is SL_ERR_ARG naming it;
+ *     - timing (docs/cuda.md): with uploads, the copy engine's busy time is
+ *       positive and its rate plausible; every decode step times its MoE
+ *       layers (gpu_layer_intervals = steps x (last - first MoE layer));
+ *       SLUICE_CUDA_STREAM_TIMING=0 / SLUICE_CUDA_COPY_TIMING=0 zero them,
+ *       and they, like SLUICE_CUDA_LATE_WAIT=0, leave the logits
+ *       bit-identical.
  * Without a GPU (CI) or in a build without CUDA the GPU tests are skipped
  * with the reason.
  */
@@ -329,7 +335,16 @@ static int have_gpu(void) {
 struct conf {
     const char *what;
     int policy, prefetch, io_mode, no_register;
+    const char *env; /* NAME=0 set for the open and the run, or NULL */
 };
+
+static void conf_env(const struct conf *c, int on) {
+    if (!c->env) return;
+    char name[64];
+    snprintf(name, sizeof name, "%.*s", (int)(strchr(c->env, '=') - c->env), c->env);
+    if (on) setenv(name, strchr(c->env, '=') + 1, 1);
+    else unsetenv(name);
+}
 
 static struct sl_model *open_gpu(const char *path, uint64_t gpu_cache, const struct conf *c) {
     struct sl_model_params mp = sl_model_default_params();
@@ -388,14 +403,20 @@ TEST(cuda_stream) {
     int nf = fixtures_list(names, 32);
     CHECK(nf > 0);
     const struct conf confs[] = {
-        {"upload", SL_GPU_MISS_UPLOAD, SL_PREFETCH_AUTO, SL_IO_DEFAULT, 0},
-        {"upload staged", SL_GPU_MISS_UPLOAD, SL_PREFETCH_AUTO, SL_IO_DEFAULT, 1},
-        {"upload mmap", SL_GPU_MISS_UPLOAD, SL_PREFETCH_AUTO, SL_IO_MMAP, 0},
-        {"upload pf off", SL_GPU_MISS_UPLOAD, SL_PREFETCH_OFF, SL_IO_DEFAULT, 0},
-        {"upload pf always", SL_GPU_MISS_UPLOAD, SL_PREFETCH_ALWAYS, SL_IO_DEFAULT, 0},
-        {"cpu", SL_GPU_MISS_CPU, SL_PREFETCH_AUTO, SL_IO_DEFAULT, 0},
-        {"cpu pf off", SL_GPU_MISS_CPU, SL_PREFETCH_OFF, SL_IO_DEFAULT, 0},
-        {"auto", SL_GPU_MISS_AUTO, SL_PREFETCH_AUTO, SL_IO_DEFAULT, 0},
+        {"upload", SL_GPU_MISS_UPLOAD, SL_PREFETCH_AUTO, SL_IO_DEFAULT, 0, NULL},
+        {"upload staged", SL_GPU_MISS_UPLOAD, SL_PREFETCH_AUTO, SL_IO_DEFAULT, 1, NULL},
+        {"upload mmap", SL_GPU_MISS_UPLOAD, SL_PREFETCH_AUTO, SL_IO_MMAP, 0, NULL},
+        {"upload pf off", SL_GPU_MISS_UPLOAD, SL_PREFETCH_OFF, SL_IO_DEFAULT, 0, NULL},
+        {"upload pf always", SL_GPU_MISS_UPLOAD, SL_PREFETCH_ALWAYS, SL_IO_DEFAULT, 0, NULL},
+        {"cpu", SL_GPU_MISS_CPU, SL_PREFETCH_AUTO, SL_IO_DEFAULT, 0, NULL},
+        {"cpu pf off", SL_GPU_MISS_CPU, SL_PREFETCH_OFF, SL_IO_DEFAULT, 0, NULL},
+        {"auto", SL_GPU_MISS_AUTO, SL_PREFETCH_AUTO, SL_IO_DEFAULT, 0, NULL},
+        {"upload no timing", SL_GPU_MISS_UPLOAD, SL_PREFETCH_AUTO, SL_IO_DEFAULT, 0,
+         "SLUICE_CUDA_STREAM_TIMING=0"},
+        {"upload no copy t", SL_GPU_MISS_UPLOAD, SL_PREFETCH_AUTO, SL_IO_DEFAULT, 0,
+         "SLUICE_CUDA_COPY_TIMING=0"},
+        {"upload early wait", SL_GPU_MISS_UPLOAD, SL_PREFETCH_ALWAYS, SL_IO_DEFAULT, 0,
+         "SLUICE_CUDA_LATE_WAIT=0"},
     };
     const int n_conf = (int)(sizeof confs / sizeof *confs);
     for (int f = 0; f < nf; f++) {
@@ -409,7 +430,8 @@ TEST(cuda_stream) {
             CHECK(!"convert");
             continue;
         }
-        const struct conf res = {"resident", SL_GPU_MISS_UPLOAD, SL_PREFETCH_AUTO, SL_IO_DEFAULT, 0};
+        const struct conf res = {"resident", SL_GPU_MISS_UPLOAD, SL_PREFETCH_AUTO, SL_IO_DEFAULT, 0,
+                                 NULL};
         struct sl_model *ma = open_gpu(path, SL_RAM_CACHE_ALL, &res);
         CHECK(ma != NULL);
         size_t V = fx.n_vocab;
@@ -424,22 +446,31 @@ TEST(cuda_stream) {
             remove_model(path);
             continue;
         }
-        int n_moe = 0;
+        int n_moe = 0, first_moe = -1, last_moe = -1;
         for (int l = 0; l < sl_model_n_layers(ma); l++) {
             struct sl_expert_layer_stats ls;
-            n_moe += sl_model_expert_layer_stats(ma, (uint32_t)l, &ls) == SL_OK;
+            if (sl_model_expert_layer_stats(ma, (uint32_t)l, &ls) != SL_OK) continue;
+            n_moe++;
+            if (first_moe < 0) first_moe = l;
+            last_moe = l;
         }
+        CHECK(s.gpu_layer_intervals == 0); /* resident: no streaming timing */
         uint64_t slot = s.gpu_cache_bytes / ((uint64_t)n_moe * fx.ne);
         uint64_t small = (uint64_t)(fx.k + 2) * slot;
         sl_model_close(ma);
         for (int ci = 0; ci < n_conf; ci++) {
             const struct conf *c = &confs[ci];
+            conf_env(c, 1);
             struct sl_model *mb = open_gpu(path, small, c);
             CHECK_MSG(mb != NULL, "%s %s: open failed", fx.name, c->what);
-            if (!mb) continue;
+            if (!mb) {
+                conf_env(c, 0);
+                continue;
+            }
             int ok = run_seq(mb, &fx, ab, gb, sb, &s);
             CHECK_MSG(ok, "%s %s: run failed", fx.name, c->what);
             sl_model_close(mb);
+            conf_env(c, 0);
             if (!ok) continue;
             double cp = min_cosine(ab, aa, N_PROMPT, V), cd = min_cosine(sb, sa, N_STEPS, V);
             int same = memcmp(gb, ga, sizeof ga) == 0;
@@ -486,6 +517,34 @@ TEST(cuda_stream) {
             if (c->prefetch == SL_PREFETCH_OFF) CHECK(s.gpu_prefetch_uploads == 0);
             if (c->prefetch == SL_PREFETCH_ALWAYS) CHECK(s.gpu_prefetch_uploads > 0);
             CHECK(s.gpu_prefetch_useful + s.gpu_prefetch_wasted <= s.gpu_prefetch_uploads);
+            /* timing: per-copy busy time, per-layer decode events */
+            int no_st = c->env && strstr(c->env, "STREAM_TIMING"),
+                no_ct = c->env && strstr(c->env, "COPY_TIMING");
+            printf("    timing: H2D %.6f s (%.2f GB/s), layers %.6f s over %llu intervals, "
+                   "upload wait %.6f s, round trips %.6f s\n", s.gpu_h2d_seconds,
+                   s.gpu_h2d_seconds > 0 ? (double)s.gpu_h2d_bytes / 1e9 / s.gpu_h2d_seconds : 0,
+                   s.gpu_layer_seconds, (unsigned long long)s.gpu_layer_intervals,
+                   s.gpu_upload_wait_seconds, s.gpu_roundtrip_seconds);
+            if (no_ct) CHECK(s.gpu_h2d_seconds == 0);
+            else if (all_up && !c->no_register && c->io_mode != SL_IO_MMAP) {
+                double gbs = s.gpu_h2d_seconds > 0
+                                 ? (double)s.gpu_h2d_bytes / 1e9 / s.gpu_h2d_seconds : 0;
+                CHECK_MSG(gbs > 0.001 && gbs < 1000, "%s %s: H2D %.4f GB/s", fx.name, c->what,
+                          gbs);
+            }
+            if (no_st) {
+                CHECK(s.gpu_layer_intervals == 0 && s.gpu_layer_seconds == 0);
+                CHECK(s.gpu_upload_wait_seconds == 0 && s.gpu_roundtrip_seconds == 0);
+            } else if (n_moe >= 2) {
+                CHECK_MSG(s.gpu_layer_intervals ==
+                              (uint64_t)(N_STEPS - 1) * (uint64_t)(last_moe - first_moe),
+                          "%s %s: %llu layer intervals, want %d x %d", fx.name, c->what,
+                          (unsigned long long)s.gpu_layer_intervals, N_STEPS - 1,
+                          last_moe - first_moe);
+                CHECK(s.gpu_layer_seconds > 0);
+                CHECK(s.gpu_upload_wait_seconds >= 0 && s.gpu_roundtrip_seconds >= 0);
+                if (c->policy == SL_GPU_MISS_UPLOAD) CHECK(s.gpu_roundtrip_seconds > 0);
+            }
         }
         /* a bad policy */
         struct sl_model_params mp = sl_model_default_params();

@@ -139,6 +139,12 @@ struct rep {
     double hits, uses;          /* expert cache, decode phase */
     double disk_bpt;            /* bytes read from the file per decoded token */
     double h2d_bpt;             /* CUDA: expert bytes uploaded per decoded token */
+    /* CUDA streaming decode (sl_stats gpu_*; zero when every expert is
+     * resident): per-layer GPU time; per token: upload wait, host round
+     * trips, copy-engine busy time, and the bytes a token needed uploaded
+     * (demand uploads + lookahead uploads that were used) */
+    double layer_ms, wait_ms, rt_ms, busy_ms, need_bpt;
+    double gpu_hit;             /* GPU cache hits / uses, decode phase */
 };
 
 static const char *const stage_names[5] = {"attention", "router", "experts", "io_wait", "other"};
@@ -300,6 +306,21 @@ int cli_bench(int argc, char **argv) {
                   (double)(s2.prefetch_hits - s1.prefetch_hits);
         R->disk_bpt = (double)(s2.cache_bytes_read - s1.cache_bytes_read) / g;
         R->h2d_bpt = (double)(s2.gpu_h2d_bytes - s1.gpu_h2d_bytes) / g;
+        {
+            uint64_t li = s2.gpu_layer_intervals - s1.gpu_layer_intervals;
+            double n_up = (double)(s2.gpu_uploads - s1.gpu_uploads);
+            double n_pf = (double)(s2.gpu_prefetch_uploads - s1.gpu_prefetch_uploads);
+            double n_use = (double)(s2.gpu_prefetch_useful - s1.gpu_prefetch_useful);
+            double per_up = n_up + n_pf > 0 ? R->h2d_bpt * g / (n_up + n_pf) : 0;
+            R->layer_ms = li ? 1e3 * (s2.gpu_layer_seconds - s1.gpu_layer_seconds) / (double)li : 0;
+            R->wait_ms = 1e3 * (s2.gpu_upload_wait_seconds - s1.gpu_upload_wait_seconds) / g;
+            R->rt_ms = 1e3 * (s2.gpu_roundtrip_seconds - s1.gpu_roundtrip_seconds) / g;
+            R->busy_ms = 1e3 * (s2.gpu_h2d_seconds - s1.gpu_h2d_seconds) / g;
+            R->need_bpt = (n_up + n_use) * per_up / g;
+            double gh = (double)(s2.gpu_hits - s1.gpu_hits);
+            double gu = gh + n_up + (double)(s2.gpu_cpu_experts - s1.gpu_cpu_experts);
+            R->gpu_hit = gu > 0 ? gh / gu : 0;
+        }
         const float *lg = sl_logits(ctx);
         uint64_t h = 0xcbf29ce484222325ull;
         const unsigned char *b = (const unsigned char *)lg;
@@ -310,7 +331,7 @@ int cli_bench(int argc, char **argv) {
     }
     /* statistics over the measured repetitions only */
     double v[100], ppm, pps, tgm, tgs, ebm, ebs, st[5], sd_unused, hits = 0, uses = 0, dbm, dbs;
-    double hbm, hbs;
+    double hbm, hbs, lym, lys, wtm, rtm, bym, ndm, ghm;
     struct rep *M = rp + warmup;
 #define MEAN_SD(field, mean, sd)                                  \
     do {                                                          \
@@ -322,6 +343,12 @@ int cli_bench(int argc, char **argv) {
     MEAN_SD(ebt, ebm, ebs);
     MEAN_SD(disk_bpt, dbm, dbs);
     MEAN_SD(h2d_bpt, hbm, hbs);
+    MEAN_SD(layer_ms, lym, lys);
+    MEAN_SD(wait_ms, wtm, sd_unused);
+    MEAN_SD(rt_ms, rtm, sd_unused);
+    MEAN_SD(busy_ms, bym, sd_unused);
+    MEAN_SD(need_bpt, ndm, sd_unused);
+    MEAN_SD(gpu_hit, ghm, sd_unused);
     for (int k = 0; k < 5; k++) MEAN_SD(stage[k], st[k], sd_unused);
 #undef MEAN_SD
     for (long r = 0; r < reps; r++) {
@@ -354,6 +381,16 @@ int cli_bench(int argc, char **argv) {
     if (h2d_limit > 0)
         fprintf(stderr, "GPU uploads: %.2f MiB/token | host-to-device limit %.2f tok/s (%.0f%% "
                 "reached)\n", hbm / (1 << 20), h2d_limit, 100 * tgm / h2d_limit);
+    /* streaming decode: the needed bytes (misses, lookahead used) bound it */
+    double need_limit = h2d_bw > 0 && ndm > 0 ? h2d_bw * 1e9 / ndm : 0;
+    double copy_gbs = bym > 0 ? hbm / 1e6 / bym : 0; /* bytes / copy-engine busy time */
+    if (lym > 0 || hbm > 0)
+        fprintf(stderr, "GPU streaming decode: layer %.3f ± %.3f ms (%d layers), upload wait "
+                "%.2f ms/token, host round trips %.2f ms/token, copy engine busy %.2f ms/token "
+                "at %.1f GB/s | needed %.2f MiB/token (misses + lookahead used): host-to-device "
+                "bound %.2f tok/s (%.0f%% reached)\n", lym, lys, (int)sl_model_n_layers(m), wtm,
+                rtm, bym, copy_gbs, ndm / (1 << 20), need_limit,
+                need_limit > 0 ? 100 * tgm / need_limit : 0);
     {
         struct sl_stats fs; /* the GPU expert cache's tiers (CUDA only) */
         sl_context_stats(ctx, &fs);
@@ -377,6 +414,16 @@ int cli_bench(int argc, char **argv) {
             cJSON_AddNumberToObject(o, "h2d_gbs", h2d_bw);
             cJSON_AddNumberToObject(o, "h2d_bytes_per_token", hbm);
             cJSON_AddNumberToObject(o, "h2d_limit_tps", h2d_limit);
+            cJSON_AddNumberToObject(o, "n_layers", (double)sl_model_n_layers(m));
+            cJSON_AddNumberToObject(o, "gpu_layer_ms", lym);
+            cJSON_AddNumberToObject(o, "gpu_layer_ms_sd", lys);
+            cJSON_AddNumberToObject(o, "gpu_upload_wait_ms_per_token", wtm);
+            cJSON_AddNumberToObject(o, "gpu_roundtrip_ms_per_token", rtm);
+            cJSON_AddNumberToObject(o, "h2d_busy_ms_per_token", bym);
+            cJSON_AddNumberToObject(o, "h2d_copy_gbs", copy_gbs);
+            cJSON_AddNumberToObject(o, "h2d_needed_bytes_per_token", ndm);
+            cJSON_AddNumberToObject(o, "h2d_needed_limit_tps", need_limit);
+            cJSON_AddNumberToObject(o, "gpu_hit_rate_decode", ghm);
         }
         cJSON_AddStringToObject(o, "limit_tier", tier);
         cJSON_AddNumberToObject(o, "prompt_tokens", (double)n_prompt);
@@ -435,6 +482,16 @@ int cli_bench(int argc, char **argv) {
         if (disk) {
             cJSON_AddNumberToObject(o, "disk_read_gbs", disk_gbs);
             cJSON_AddNumberToObject(o, "disk_limit_tps", disk_limit);
+        }
+        if (fin.nccl_allreduces) { /* multi-GPU (docs/multi_gpu.md): whole run, this rank */
+            cJSON *nc = cJSON_AddObjectToObject(o, "nccl");
+            cJSON_AddNumberToObject(nc, "allreduces", (double)fin.nccl_allreduces);
+            cJSON_AddNumberToObject(nc, "bytes", (double)fin.nccl_bytes);
+            cJSON_AddNumberToObject(nc, "timed", (double)fin.nccl_timed);
+            cJSON_AddNumberToObject(nc, "seconds_timed", fin.nccl_seconds);
+            cJSON_AddNumberToObject(nc, "us_per_allreduce",
+                                    fin.nccl_timed ? 1e6 * fin.nccl_seconds / (double)fin.nccl_timed
+                                                   : 0);
         }
         char hs[17];
         snprintf(hs, sizeof hs, "%016" PRIx64, hash);

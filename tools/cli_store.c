@@ -26,7 +26,8 @@ int cli_store_flag(const char *cmd, int argc, char **argv, int *i,
     const char *s = argv[*i];
     static const char *takes_value[] = {"--ram-cache", "--io", "--cache-policy", "--prefetch",
                                         "--expert-profile", "--io-threads", "--device",
-                                        "--gpu-cache", "--gpu-miss"};
+                                        "--gpu-cache", "--gpu-miss", "--nccl-rank",
+                                        "--nccl-world", "--nccl-id", "--nccl-timeout"};
     int needs = 0;
     for (size_t k = 0; k < sizeof takes_value / sizeof *takes_value; k++)
         needs |= !strcmp(s, takes_value[k]);
@@ -77,6 +78,23 @@ int cli_store_flag(const char *cmd, int argc, char **argv, int *i,
         else return bad(cmd, s, v, "auto, upload or cpu");
     } else if (!strcmp(s, "--expert-profile")) {
         mp->expert_profile = v;
+    } else if (!strcmp(s, "--nccl-rank") || !strcmp(s, "--nccl-world")) {
+        char *end;
+        errno = 0;
+        long x = strtol(v, &end, 10);
+        if (errno || *end || end == v || x < 0 || x > 65535)
+            return bad(cmd, s, v, "an integer in [0, 65535]");
+        if (!strcmp(s, "--nccl-rank")) mp->nccl_rank = (int)x;
+        else mp->nccl_world = (int)x;
+    } else if (!strcmp(s, "--nccl-id")) {
+        mp->nccl_id_path = v;
+    } else if (!strcmp(s, "--nccl-timeout")) {
+        char *end;
+        errno = 0;
+        double x = strtod(v, &end);
+        if (errno || *end || end == v || !(x > 0) || x > 86400)
+            return bad(cmd, s, v, "a number of seconds in (0, 86400]");
+        mp->nccl_timeout_s = x;
     } else if (!strcmp(s, "--io-threads")) {
         char *end;
         errno = 0;
@@ -126,6 +144,12 @@ void cli_print_store_stats(const struct sl_model *m, const struct sl_stats *st, 
                     PRIu64 " evicted unused\n", st->gpu_prefetch_uploads, st->gpu_prefetch_useful,
                     100.0 * (double)st->gpu_prefetch_useful / (double)st->gpu_prefetch_uploads,
                     st->gpu_prefetch_wasted);
+        if (st->nccl_allreduces) /* multi-GPU: docs/multi_gpu.md */
+            fprintf(stderr, "nccl: %" PRIu64 " all-reduces, %.1f KiB each, %.1f us each (%"
+                    PRIu64 " timed: eager steps only)\n", st->nccl_allreduces,
+                    (double)st->nccl_bytes / (double)st->nccl_allreduces / 1024.0,
+                    st->nccl_timed ? 1e6 * st->nccl_seconds / (double)st->nccl_timed : 0,
+                    st->nccl_timed);
     }
     uint64_t uses = st->cache_hits + st->cache_misses + st->prefetch_hits;
     if (uses == 0) return;

@@ -52,6 +52,9 @@ static const char usage_text[] =
     "  --gpu-cache SIZE|all|auto (CUDA: expert bytes kept in GPU memory)\n"
     "  --gpu-miss upload|auto|cpu (CUDA: an expert missing on the GPU is\n"
     "    uploaded (default, bit-identical outputs) or computed on the CPU)\n"
+    "  --nccl-rank R --nccl-world N --nccl-id FILE [--nccl-timeout S] (CUDA:\n"
+    "    expert parallelism, one process per GPU; tools/sluice_launch.sh starts\n"
+    "    the local ranks; docs/multi_gpu.md)\n"
     "\n"
     "Without -m, run uses $SLUICE_MODEL or the default model built next to the\n"
     "sluice binary (build/default.sluice).\n";

@@ -133,6 +133,22 @@ log "transformers --mode $TF_MODE (timeout ${T_LEFT}s)"
 timeout "$T_LEFT" $TF_CMD --mode $TF_MODE > "$O/tf_gpu.raw" 2> "$O/tf_gpu.log" \
     || log "transformers gpu failed: $(grep -v Warning "$O/tf_gpu.log" | tail -3)"
 
+# 3b. llama.cpp CUDA on the same weights (sluice export-gguf: q4 -> Q4_1,
+# bf16 -> BF16, bit-identical), when LLAMA_BENCH names a llama-bench built
+# with -DGGML_CUDA=ON (bench/peers/llamacpp_cuda_build.sh). llama-bench draws
+# its own random tokens, so routing differs from the trace but not its
+# distribution (uniform random ids in both).
+LL_CMD=""
+if [ -n "${LLAMA_BENCH:-}" ] && [ -x "$LLAMA_BENCH" ]; then
+    G="$W/$PRESET-L$LAYERS.gguf"
+    [ -f "$G" ] || { log "export-gguf"; timeout 150 $SL export-gguf "$M" -o "$G" --tokenizer $TOK --quiet \
+        > "$O/export_gguf.log" 2>&1 || log "export-gguf failed: $(tail -3 "$O/export_gguf.log")"; }
+    LL_CMD="$LLAMA_BENCH -m $G -ngl 99 -fa 1 -p $PROMPT -n $GEN -r $REPS -o jsonl"
+    log "llama.cpp CUDA: $LL_CMD"
+    timeout 150 $LL_CMD > "$O/llama_cuda.raw" 2> "$O/llama_cuda.log" \
+        || log "llama-bench failed: $(tail -3 "$O/llama_cuda.log")"
+fi
+
 # 4. streaming: small GPU caches vs transformers offload
 SS_CMD="$SL bench -m $M --prompt $PROMPT --gen $STREAM_GEN --reps 1 --warmup 1 --seed $SEED $DEV $CACHE @C@ --scenario a3b-gpu-stream --json"
 TO_CMD="$PY bench/peers/transformers_peer.py --hf $HF --trace $W/trace.json --prompt $PROMPT --gen $STREAM_GEN --reps 1 --warmup 0 --scenario a3b-gpu-stream --mode offload --gpu-mem $OFFLOAD_GPU_MEM --cpu-mem 100GiB"
@@ -154,7 +170,7 @@ else
 fi
 
 # 5. result files in bench/report.py's format
-TF_MODE=$TF_MODE GPU_CACHES="$GPU_CACHES" SS_CMD="$SS_CMD" TO_CMD="$TO_CMD" "$PY" - "$O" "$HOST" "$TS" "$SL_CMD" "$TF_CMD" "$CHECK" "$OFFLOAD_GPU_MEM" "$TV" <<'PY'
+LL_CMD="$LL_CMD" TF_MODE=$TF_MODE GPU_CACHES="$GPU_CACHES" SS_CMD="$SS_CMD" TO_CMD="$TO_CMD" "$PY" - "$O" "$HOST" "$TS" "$SL_CMD" "$TF_CMD" "$CHECK" "$OFFLOAD_GPU_MEM" "$TV" <<'PY'
 import json, os, platform, sys
 O, host, ts, sl_cmd, tf_cmd, check, gpu_mem, tv = sys.argv[1:9]
 def j(name):
@@ -187,11 +203,24 @@ def peer(scen, S, T, tf_command, limit, tlimit, name):
                       "command": tf_command, "rounds": [t], "limit": tlimit,
                       "prompt_tps": t["prompt_tps"], "decode_tps": t["decode_tps"]}],
            "logits_check": json.loads(check) or None}
+    if scen == "a3b-gpu" and LL:
+        res["peers"].append(LL)
     p = os.path.join(O, f"{scen}-peer-{host}-{ts}.json")
     json.dump(res, open(p, "w"), indent=1)
-    print(f"gpu_peers.sh: {scen}: sluice decode {s['decode_tps']:.1f} tok/s, {name} "
-          f"{t['decode_tps']:.1f} tok/s, ratio {s['decode_tps'] / t['decode_tps']:.2f}; prompt "
-          f"{s['prompt_tps']:.1f} vs {t['prompt_tps']:.1f} -> {p}", file=sys.stderr)
+    for q in res["peers"]:
+        print(f"gpu_peers.sh: {scen}: sluice decode {s['decode_tps']:.1f} tok/s, {q['name']} "
+              f"{q['decode_tps']:.1f} tok/s, ratio {s['decode_tps'] / q['decode_tps']:.2f}; prompt "
+              f"{s['prompt_tps']:.1f} vs {q['prompt_tps']:.1f} -> {p}", file=sys.stderr)
+LL = None
+LR = j("llama_cuda.raw")
+pp = [r for r in LR if r.get("n_prompt", 0) > 0 and r.get("n_gen", 0) == 0]
+tg = [r for r in LR if r.get("n_gen", 0) > 0 and r.get("n_prompt", 0) == 0]
+if pp and tg:
+    LL = {"name": "llama.cpp CUDA", "version": str(tg[0].get("build_commit", "?")) + " (llama-cpp-python 0.3.36 vendor tree)",
+          "build": "cmake -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 (bench/peers/llamacpp_cuda_build.sh)",
+          "weights": "same weights: sluice export-gguf (q4->Q4_1, bf16->BF16, bit-identical)",
+          "command": os.environ.get("LL_CMD", ""), "rounds": LR, "limit": None,
+          "prompt_tps": pp[0]["avg_ts"], "decode_tps": tg[0]["avg_ts"]}
 hbm = lim.get("d2d_read_write_gbs") or 0
 S, T = j("sluice_resident.raw"), j("tf_gpu.raw")
 if S:

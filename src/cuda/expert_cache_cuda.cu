@@ -34,25 +34,67 @@
 #include <stdlib.h>
 
 #include "cuda/internal.cuh"
+#include "cuda/nccl_cuda.cuh"
 
 #define N_STAGE 8
+#define N_TIMED 256 /* timed copies pending at once (a ring of event pairs) */
 
 /* Data bytes of layer's record: up to the end of its down matrix. */
 static uint64_t record_data_bytes(const struct sl_expert_layer *el) {
     return el->part[2].offset + el->part[2].size;
 }
 
-static void timing_collect(struct gpu_cache *gc) {
-    if (!gc->timing_pending) return;
-    if (cudaEventSynchronize(gc->ev_t1) == cudaSuccess) {
+/* Adds the timed copies that have run to h2d_seconds and t_bytes, oldest
+ * first; with `block`, waits for every pending one (mu held). A pair covers
+ * one cudaMemcpyAsync and nothing else (its start is recorded after the
+ * slot's ev_free wait), so the sum is the copy engine's busy time. */
+static void timing_collect(struct gpu_cache *gc, int block) {
+    while (gc->t_count > 0) {
+        int i = (gc->t_head - gc->t_count + gc->n_timed) % gc->n_timed;
+        cudaError_t q = block ? cudaEventSynchronize(gc->tev[2 * i + 1])
+                              : cudaEventQuery(gc->tev[2 * i + 1]);
+        if (q == cudaErrorNotReady) break;
         float ms = 0;
-        if (cudaEventElapsedTime(&ms, gc->ev_t0, gc->ev_t1) == cudaSuccess) {
+        if (q == cudaSuccess &&
+            cudaEventElapsedTime(&ms, gc->tev[2 * i], gc->tev[2 * i + 1]) == cudaSuccess) {
             gc->h2d_seconds += ms / 1e3;
-            gc->t_bytes += gc->t_window_bytes;
+            gc->t_bytes += gc->t_len[i];
+        } else {
+            cudaGetLastError();
         }
+        gc->t_count--;
     }
-    gc->t_window_bytes = 0;
-    gc->timing_pending = 0;
+}
+
+/* The start event of the next timed copy on the copy stream; -1 when
+ * timing is off or the record failed (mu held). The ring's oldest pair is
+ * waited for when it is full (it is long done in practice). */
+static int timing_start(struct gpu_cache *gc) {
+    if (!gc->copy_timing) return -1;
+    if (gc->t_count == gc->n_timed) timing_collect(gc, 0);
+    while (gc->t_count == gc->n_timed) { /* still full: wait for the oldest */
+        int i = (gc->t_head - gc->t_count + gc->n_timed) % gc->n_timed;
+        cudaEventSynchronize(gc->tev[2 * i + 1]);
+        timing_collect(gc, 0);
+    }
+    int i = gc->t_head;
+    if (cudaEventRecord(gc->tev[2 * i], gc->copy) != cudaSuccess) {
+        cudaGetLastError();
+        return -1;
+    }
+    return i;
+}
+
+/* Closes timed copy i (from timing_start) of len bytes (mu held). */
+static void timing_end(struct gpu_cache *gc, int i, uint64_t len) {
+    if (i < 0) return;
+    if (cudaEventRecord(gc->tev[2 * i + 1], gc->copy) != cudaSuccess) {
+        cudaGetLastError();
+        return;
+    }
+    gc->t_len[i] = len;
+    gc->t_head = (i + 1) % gc->n_timed;
+    gc->t_count++;
 }
 
 /* The host function that drops a direct upload's store pin. No CUDA call
@@ -80,8 +122,10 @@ static int upload(struct cuda_model *cm, int slot, const struct expert_view *v,
         if (__atomic_load_n(&r->busy, __ATOMIC_ACQUIRE)) /* ring full: drain it */
             e = cudaStreamSynchronize(gc->release);
         if (e == cudaSuccess && s->ev_valid) e = cudaStreamWaitEvent(gc->copy, s->ev_free, 0);
+        int ti = e == cudaSuccess ? timing_start(gc) : -1;
         if (e == cudaSuccess)
             e = cudaMemcpyAsync(dst, src, len, cudaMemcpyHostToDevice, gc->copy);
+        if (e == cudaSuccess) timing_end(gc, ti, len);
         if (e == cudaSuccess) e = cudaEventRecord(s->ev_ready, gc->copy);
         if (e == cudaSuccess) {
             s->in_flight = 1;
@@ -94,7 +138,6 @@ static int upload(struct cuda_model *cm, int slot, const struct expert_view *v,
             if (e == cudaSuccess) e = cudaLaunchHostFunc(gc->release, release_cb, r);
             if (e == cudaSuccess) {
                 gc->h2d_bytes += len;
-                if (gc->timing_open) gc->t_window_bytes += len;
                 return SL_OK;
             }
             __atomic_store_n(&r->busy, 0, __ATOMIC_RELEASE);
@@ -111,13 +154,14 @@ static int upload(struct cuda_model *cm, int slot, const struct expert_view *v,
     expert_store_release(store, layer, expert);
     if (e != cudaSuccess) return cuda_fail(e, "cudaEventSynchronize (staging)");
     if (s->ev_valid) CU_TRY(cudaStreamWaitEvent(gc->copy, s->ev_free, 0));
+    int ti = timing_start(gc);
     CU_TRY(cudaMemcpyAsync(dst, stage, len, cudaMemcpyHostToDevice, gc->copy));
+    timing_end(gc, ti, len);
     CU_TRY(cudaEventRecord(gc->ev_stage[i], gc->copy));
     CU_TRY(cudaEventRecord(s->ev_ready, gc->copy));
     s->in_flight = 1;
     gc->staged++;
     gc->h2d_bytes += len;
-    if (gc->timing_open) gc->t_window_bytes += len;
     return SL_OK;
 }
 
@@ -153,11 +197,17 @@ int gpu_cache_acquire(struct cuda_model *cm, uint32_t layer, const int32_t *ids,
     struct sl_model *m = cm->m;
     uint32_t ne = m->cfg.n_experts;
     const struct sl_expert_layer *el = file_expert_layer(&m->file, layer);
-    int st = SL_OK, nm = 0;
+    int st = SL_OK, nm = 0, late = 0;
     *uploaded = 0;
     pthread_mutex_lock(&gc->mu);
-    timing_collect(gc);
+    timing_collect(gc, 0);
     for (int i = 0; i < n; i++) {
+        if (!nccl_ep_owns(cm->ep, layer, ids[i])) { /* multi-GPU: another rank's */
+            slots[i] = -1;
+            hit[i] = 1;
+            base[i] = nccl_ep_zero(cm->ep); /* all zero: its output is exactly 0 */
+            continue;
+        }
         int32_t s = gc->slot_of[(uint64_t)layer * ne + (uint32_t)ids[i]];
         slots[i] = s;
         hit[i] = s >= 0;
@@ -173,9 +223,12 @@ int gpu_cache_acquire(struct cuda_model *cm, uint32_t layer, const int32_t *ids,
             gc->pf_useful++;
             sl->prefetched = 0;
         }
-        if (sl->in_flight) { /* uploaded for another stream: wait for it */
+        if (sl->in_flight) { /* its copy (a lookahead's) may still run */
             cudaError_t q = cudaEventQuery(sl->ev_ready);
-            if (q == cudaErrorNotReady) {
+            if (q == cudaErrorNotReady && gc->late_wait) {
+                hit[i] = 0; /* computed with the uploads, after ev_arrive */
+                late++;
+            } else if (q == cudaErrorNotReady) {
                 if ((q = cudaStreamWaitEvent(stream, sl->ev_ready, 0)) != cudaSuccess)
                     st = cuda_fail(q, "cudaStreamWaitEvent");
             } else {
@@ -184,7 +237,12 @@ int gpu_cache_acquire(struct cuda_model *cm, uint32_t layer, const int32_t *ids,
         }
         base[i] = gc->arena + (uint64_t)s * gc->slot_bytes;
     }
-    if (nm == 0 || st) goto out;
+    if (st) { /* no miss holds a slot yet: unpin the hits */
+        for (int i = 0; i < n; i++)
+            if (slots[i] >= 0) gc->slots[slots[i]].pins--;
+        goto out;
+    }
+    if (nm == 0 && late == 0) goto out;
     for (int j = 0; j < nm; j++) { /* victims first: all pinned before any read */
         int i = gc->miss_idx[j], v = victim(gc);
         if (v < 0) {
@@ -196,6 +254,8 @@ int gpu_cache_acquire(struct cuda_model *cm, uint32_t layer, const int32_t *ids,
                 gc->slots[s].pins--;
                 slots[gc->miss_idx[r]] = -1;
             }
+            for (int r = 0; r < n; r++) /* and the hits: the caller releases nothing */
+                if (slots[r] >= 0) gc->slots[slots[r]].pins--;
             goto out;
         }
         evict(gc, v, ne);
@@ -210,9 +270,7 @@ int gpu_cache_acquire(struct cuda_model *cm, uint32_t layer, const int32_t *ids,
         gc->miss_ids[j] = ids[i];
         gc->miss_done[j] = 0;
     }
-    if ((st = expert_store_request(m->experts, layer, gc->miss_ids, nm))) goto fail;
-    if (!gc->timing_pending && cudaEventRecord(gc->ev_t0, gc->copy) == cudaSuccess)
-        gc->timing_open = 1;
+    if (nm && (st = expert_store_request(m->experts, layer, gc->miss_ids, nm))) goto fail;
     for (int left = nm; left > 0; left--) {
         struct expert_view v;
         int j;
@@ -227,10 +285,8 @@ int gpu_cache_acquire(struct cuda_model *cm, uint32_t layer, const int32_t *ids,
         expert_store_cancel(m->experts, layer, gc->miss_ids, gc->miss_done, nm);
         goto fail;
     }
-    if (gc->timing_open && cudaEventRecord(gc->ev_t1, gc->copy) == cudaSuccess)
-        gc->timing_pending = 1;
-    gc->timing_open = 0;
-    {
+    { /* after this layer's copies and any in-flight lookahead one (the
+       * copy stream runs them in order) */
         cudaError_t e = cudaEventRecord(ev_arrive, gc->copy);
         if (e != cudaSuccess) {
             st = cuda_fail(e, "cudaEventRecord");
@@ -240,8 +296,6 @@ int gpu_cache_acquire(struct cuda_model *cm, uint32_t layer, const int32_t *ids,
     *uploaded = 1;
     goto out;
 fail: /* the missed slots hold nothing usable: forget them, unpin all */
-    gc->timing_open = 0;
-    gc->t_window_bytes = 0;
     for (int j = 0; j < nm; j++) slot_forget(gc, slots[gc->miss_idx[j]], ne);
     for (int i = 0; i < n; i++)
         if (slots[i] >= 0) gc->slots[slots[i]].pins--;
@@ -254,6 +308,7 @@ void gpu_cache_release(struct cuda_model *cm, const int32_t *slots, int n, cudaS
     struct gpu_cache *gc = &cm->gc;
     pthread_mutex_lock(&gc->mu);
     for (int i = 0; i < n; i++) {
+        if (slots[i] < 0) continue; /* another rank's expert (gpu_cache_acquire) */
         struct gpu_slot *s = &gc->slots[slots[i]];
         s->ev_valid = cudaEventRecord(s->ev_free, stream) == cudaSuccess;
         s->pins--;
@@ -273,7 +328,9 @@ void gpu_cache_plan(struct cuda_model *cm, uint32_t layer, const int32_t *ids,
     pthread_mutex_lock(&gc->mu);
     int nm = 0;
     for (int i = 0; i < n; i++) {
-        if (gc->slot_of[(uint64_t)layer * ne + (uint32_t)ids[i]] >= 0) continue;
+        if (gc->slot_of[(uint64_t)layer * ne + (uint32_t)ids[i]] >= 0 ||
+            !nccl_ep_owns(cm->ep, layer, ids[i])) /* multi-GPU: not a miss here */
+            continue;
         struct expert_view v;
         uint8_t ram = 1;
         if (gc->miss_policy == SL_GPU_MISS_AUTO) {
@@ -313,7 +370,8 @@ void gpu_cache_prefetch(struct cuda_model *cm, uint32_t layer, const int32_t *id
     pthread_mutex_lock(&gc->mu);
     for (int i = 0; i < n && done < cap; i++) {
         if (ids[i] < 0 || (uint32_t)ids[i] >= ne ||
-            gc->slot_of[(uint64_t)layer * ne + (uint32_t)ids[i]] >= 0)
+            gc->slot_of[(uint64_t)layer * ne + (uint32_t)ids[i]] >= 0 ||
+            !nccl_ep_owns(cm->ep, layer, ids[i]))
             continue;
         struct expert_view v;
         if (!expert_store_try_acquire(m->experts, layer, (uint32_t)ids[i], &v)) continue;
@@ -347,7 +405,9 @@ void gpu_cache_stats(const struct gpu_cache *gcc, struct sl_stats *out) {
     out->gpu_hits = gc->hits;
     out->gpu_uploads = gc->uploads;
     out->gpu_h2d_bytes = gc->h2d_bytes;
-    /* timed on the demand uploads' windows, extrapolated to the lookahead's */
+    /* the copy engine's busy time (every copy timed, SLUICE_CUDA_COPY_TIMING),
+     * scaled to the copies still pending or untimed */
+    timing_collect(gc, 0);
     out->gpu_h2d_seconds = gc->t_bytes ? gc->h2d_seconds * (double)gc->h2d_bytes /
                                              (double)gc->t_bytes
                                        : gc->h2d_seconds;
@@ -413,6 +473,11 @@ static int upload_all(struct cuda_model *cm) {
         const struct sl_expert_layer *el = file_expert_layer(&m->file, l);
         if (!el) continue;
         for (uint32_t e = 0; e < ne && !st; e++, slot++) {
+            if (!nccl_ep_owns(cm->ep, l, (int32_t)e)) { /* multi-GPU: another rank's */
+                tab[(uint64_t)l * ne + e] = (uint8_t *)nccl_ep_zero(cm->ep);
+                slot--;
+                continue;
+            }
             struct expert_view v;
             if ((st = expert_store_acquire(m->experts, l, e, &v))) break;
             st = upload(cm, slot, &v, el, l, e);
@@ -438,10 +503,11 @@ static int upload_all(struct cuda_model *cm) {
         gc->all_resident = 1;
         for (int i = 0; i < gc->n_slots; i++) gc->slots[i].in_flight = 0;
     }
+    cudaStreamSynchronize(gc->copy);
+    timing_collect(gc, 1); /* the fill's copies are not a per-token rate */
     gc->h2d_bytes = 0;
     gc->h2d_seconds = 0;
-    gc->timing_pending = 0;
-    gc->t_bytes = gc->t_window_bytes = 0;
+    gc->t_bytes = 0;
     return st;
 }
 
@@ -455,7 +521,7 @@ int gpu_cache_create(struct cuda_model *cm, uint64_t budget, uint64_t free_bytes
     for (uint32_t l = 0; l < c->n_layers; l++) {
         const struct sl_expert_layer *el = file_expert_layer(&m->file, l);
         if (!el) continue;
-        n_total += el->n_experts;
+        n_total += nccl_ep_layer_owned(cm->ep, l, el->n_experts); /* multi-GPU: its shard */
         if (record_data_bytes(el) > sb) sb = record_data_bytes(el);
     }
     if (n_total == 0) { /* no routed experts: nothing to stream */
@@ -493,6 +559,8 @@ int gpu_cache_create(struct cuda_model *cm, uint64_t budget, uint64_t free_bytes
                          "cpu (%d)", gc->miss_policy, SL_GPU_MISS_AUTO, SL_GPU_MISS_UPLOAD,
                          SL_GPU_MISS_CPU);
     gc->prefetch_on = m->params.prefetch != SL_PREFETCH_OFF && cuda_tune("SLUICE_CUDA_PREFETCH", 1);
+    gc->copy_timing = cuda_tune("SLUICE_CUDA_COPY_TIMING", 1) != 0;
+    gc->late_wait = cuda_tune("SLUICE_CUDA_LATE_WAIT", 1) != 0;
     cudaError_t e = cudaMalloc(&gc->arena, n * sb);
     if (e != cudaSuccess) {
         cudaGetLastError();
@@ -512,8 +580,12 @@ int gpu_cache_create(struct cuda_model *cm, uint64_t budget, uint64_t free_bytes
     gc->miss_cpu = (uint8_t *)sl_malloc(c->n_experts);
     gc->n_stage = N_STAGE;
     gc->ev_stage = (cudaEvent_t *)sl_calloc(N_STAGE, sizeof(cudaEvent_t));
+    gc->n_timed = N_TIMED;
+    gc->tev = (cudaEvent_t *)sl_calloc(2 * N_TIMED, sizeof(cudaEvent_t));
+    gc->t_len = (uint64_t *)sl_calloc(N_TIMED, sizeof(uint64_t));
     if (!gc->slots || !gc->slot_of || !gc->miss_idx || !gc->miss_ids || !gc->miss_done ||
-        !gc->ev_stage || !gc->miss_bytes || !gc->miss_tok || !gc->miss_ram || !gc->miss_cpu)
+        !gc->ev_stage || !gc->miss_bytes || !gc->miss_tok || !gc->miss_ram || !gc->miss_cpu ||
+        !gc->tev || !gc->t_len)
         return sl_seterr(SL_ERR_NOMEM, "out of memory for the GPU expert cache's tables");
     for (uint64_t i = 0; i < n_tab; i++) gc->slot_of[i] = -1;
     for (uint64_t i = 0; i < n; i++) {
@@ -524,8 +596,7 @@ int gpu_cache_create(struct cuda_model *cm, uint64_t budget, uint64_t free_bytes
     }
     for (int i = 0; i < N_STAGE; i++)
         CU_TRY(cudaEventCreateWithFlags(&gc->ev_stage[i], cudaEventDisableTiming));
-    CU_TRY(cudaEventCreate(&gc->ev_t0));
-    CU_TRY(cudaEventCreate(&gc->ev_t1));
+    for (int i = 0; i < 2 * N_TIMED; i++) CU_TRY(cudaEventCreate(&gc->tev[i]));
     CU_TRY(cudaStreamCreateWithFlags(&gc->copy, cudaStreamNonBlocking));
     e = cudaHostAlloc((void **)&gc->staging, (uint64_t)N_STAGE * sb, cudaHostAllocDefault);
     if (e != cudaSuccess) {
@@ -557,8 +628,11 @@ void gpu_cache_free(struct gpu_cache *gc) {
     if (gc->ev_stage)
         for (int i = 0; i < gc->n_stage; i++)
             if (gc->ev_stage[i]) cudaEventDestroy(gc->ev_stage[i]);
-    if (gc->ev_t0) cudaEventDestroy(gc->ev_t0);
-    if (gc->ev_t1) cudaEventDestroy(gc->ev_t1);
+    if (gc->tev)
+        for (int i = 0; i < 2 * gc->n_timed; i++)
+            if (gc->tev[i]) cudaEventDestroy(gc->tev[i]);
+    sl_free(gc->tev);
+    sl_free(gc->t_len);
     if (gc->copy) cudaStreamDestroy(gc->copy);
     if (gc->staging) cudaFreeHost(gc->staging);
     if (gc->arena) cudaFree(gc->arena);

@@ -30,6 +30,7 @@
 #include "cuda/internal.cuh"
 #include "cuda/layer_mla_cuda.cuh"
 #include "cuda/layer_gdn_cuda.cuh"
+#include "cuda/nccl_cuda.cuh"
 
 /* Decode: rmsnorm + q/k/v in one launch when the three share a dense
  * format; 1 if done, 0 to take the separate kernels, < 0 a status. */
@@ -184,10 +185,14 @@ static int enqueue_forward(struct cuda_model *cm, struct cuda_ctx *cc, struct sl
                                  n == 1 && c->layer_is_moe[l] ? &router_done : NULL);
         if (st) return st;
         if (c->layer_is_moe[l]) {
+            /* multi-GPU (nccl_cuda.cuh): ranks > 0 zero x (the router has
+             * read it), each rank adds its own experts, x summed over ranks */
+            if (cm->ep && (st = nccl_ep_moe_begin(cm, cc, n))) return st;
             if ((st = cm->hy    ? hybrid_moe_cuda(cm, cc, ctx, l, n, moe_block) /* + shared */
                       : cm->mla ? mla_moe_cuda(cm, cc, ctx, l, n, router_done, moe_block)
                                 : moe_block(cm, cc, ctx, l, n, router_done)))
                 return st;
+            if (cm->ep && (st = nccl_ep_moe_end(cm, cc, l, n))) return st;
         } else {
             const struct gpu_layer *g = &cm->layers[l];
             moe_item one = {(const uint8_t *)g->w_gate, (const uint8_t *)g->w_up,
@@ -249,12 +254,15 @@ int forward_batch_cuda(struct sl_context *ctx, const int32_t *tokens, int n, uin
     CU_TRY(cudaMemcpyAsync(cc->d_io, cc->h_io, (size_t)(n + 1) * 4, cudaMemcpyHostToDevice, s));
     /* a sequence starts at position 0 with zero recurrent state (hybrid) */
     if (pos == 0 && (st = hybrid_cuda_reset(cc->hy, s))) return st;
+    int graph_step = 0; /* multi-GPU: its all-reduces are counted at the wait */
     if (n == 1 && logits && decode_graph(cm, cc, ctx)) {
         CU_TRY(cudaGraphLaunch(cc->graph, s));
+        graph_step = 1;
         ctx->stats.expert_loads += cm->decode_expert_loads; /* what moe_block counts */
         ctx->stats.expert_bytes_read += cm->decode_expert_bytes;
     } else if ((st = enqueue_forward(cm, cc, ctx, n, logits != NULL, all_logits))) {
-        cudaStreamSynchronize(s); /* leave nothing in flight that reads h_io */
+        if (cm->ep) nccl_ep_wait(cm, s, 0); /* with a timeout: a peer may be gone */
+        else cudaStreamSynchronize(s); /* leave nothing in flight that reads h_io */
         return st;
     }
     uint64_t V = c->n_vocab;
@@ -263,8 +271,12 @@ int forward_batch_cuda(struct sl_context *ctx, const int32_t *tokens, int n, uin
     } else if (logits) {
         CU_TRY(cudaMemcpyAsync(cc->h_logits, cc->logits, V * 4, cudaMemcpyDeviceToHost, s));
     }
-    cudaError_t e = cudaStreamSynchronize(s);
-    if (e != cudaSuccess) return cuda_fail(e, "the forward pass");
+    if (cm->ep) { /* multi-GPU: polls NCCL, fails on a stalled peer (nccl_cuda.cuh) */
+        if ((st = nccl_ep_wait(cm, s, graph_step))) return st;
+    } else {
+        cudaError_t e = cudaStreamSynchronize(s);
+        if (e != cudaSuccess) return cuda_fail(e, "the forward pass");
+    }
     if (logits && !all_logits) memcpy(logits, cc->h_logits, V * 4);
     return SL_OK;
 }

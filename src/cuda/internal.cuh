@@ -22,6 +22,7 @@ extern "C" {
 }
 
 struct mla_cuda_model; /* layer_mla_cuda.cuh */
+struct nccl_ep;        /* nccl_cuda.cuh */
 struct mla_cuda_ctx;
 
 /* Device pointers of one layer's dense weights (NULL where the host's is). */
@@ -77,8 +78,17 @@ struct gpu_cache {
     uint8_t *staging;        /* (n_stage, slot_bytes) pinned host */
     int n_stage, stage_next;
     cudaEvent_t *ev_stage;   /* (n_stage) H2D of that buffer done */
-    cudaEvent_t ev_t0, ev_t1;
-    int timing_pending;
+    /* per-copy timing (SLUICE_CUDA_COPY_TIMING, default on): an event pair
+     * around each upload's cudaMemcpyAsync on the copy stream, so that
+     * h2d_seconds is the time the copy engine was busy with expert bytes */
+    int copy_timing;
+    cudaEvent_t *tev;        /* (2 * n_timed) start, end of a pending copy */
+    uint64_t *t_len;         /* (n_timed) its bytes */
+    int n_timed, t_head, t_count; /* ring of pending pairs */
+    int late_wait;           /* SLUICE_CUDA_LATE_WAIT: a lookahead slot still
+                                in flight is computed with the uploads (the
+                                compute stream waits at ev_arrive), not
+                                waited for before the resident experts */
     int32_t *miss_idx, *miss_ids; /* (n_experts) scratch of an acquire */
     uint8_t *miss_done;
     int n_events;            /* slots whose events exist */
@@ -92,10 +102,8 @@ struct gpu_cache {
     struct gpu_release *rel; /* (n_rel) ring of pending pin drops */
     int n_rel, rel_next;
     uint64_t staged;         /* uploads through staging */
-    int timing_open;         /* ev_t0 recorded, ev_t1 not yet */
-    uint64_t t_window_bytes; /* bytes uploaded in the open window */
-    uint64_t t_bytes;        /* bytes of the timed windows: the H2D rate is
-                                t_bytes / h2d_seconds */
+    uint64_t t_bytes;        /* bytes of the timed copies: the copy engine's
+                                H2D rate is t_bytes / h2d_seconds */
     /* the per-miss choice (gpu_miss.h) and the lookahead */
     int miss_policy;         /* enum sl_gpu_miss_policy */
     struct gpu_miss_model mm;
@@ -126,6 +134,8 @@ struct cuda_model {
     struct hybrid_cuda *hy;      /* qwen3_next / qwen3_5_moe layers
                                     (layer_gdn_cuda.cuh), else NULL */
     struct mla_cuda_model *mla;  /* deepseek_v3 (layer_mla_cuda.cuh) or NULL */
+    struct nccl_ep *ep;          /* multi-GPU expert parallelism
+                                    (nccl_cuda.cuh) or NULL: one GPU */
 };
 
 struct cuda_ctx {

@@ -14,6 +14,7 @@
 #include "cuda/internal.cuh"
 #include "cuda/layer_gdn_cuda.cuh"
 #include "cuda/layer_mla_cuda.cuh"
+#include "cuda/nccl_cuda.cuh"
 
 extern "C" {
 #include "quant.h"
@@ -185,6 +186,7 @@ int cuda_model_create(struct sl_model *m, struct cuda_model **out) {
     const char *g = getenv("SLUICE_CUDA_GRAPH");
     cm->use_graphs = !(g && !strcmp(g, "0"));
     size_t free_b = 0, total_b = 0;
+    if ((st = nccl_ep_create(cm))) goto fail; /* multi-GPU: before the cache (its shard) */
     if ((st = upload_dense(cm))) goto fail;
     if (config_is_hybrid(&m->cfg) && (st = hybrid_cuda_model_create(cm, &cm->hy))) goto fail;
     if (m->cfg.kv_lora_rank && (st = mla_cuda_model_create(cm))) goto fail; /* deepseek_v3 */
@@ -212,6 +214,9 @@ int cuda_model_create(struct sl_model *m, struct cuda_model **out) {
                  gc->slot_bytes / 1048576.0, gc->n_slots * (double)gc->slot_bytes / GIB,
                  gc->all_resident ? "every expert resident" : "streaming from host RAM/disk",
                  cm->use_graphs && gc->all_resident ? ", decode graphs" : "");
+        if (cm->ep) /* "; expert parallel: rank R of N, ..." */
+            snprintf(cm->desc + strlen(cm->desc), sizeof cm->desc - strlen(cm->desc), "; %s",
+                     nccl_ep_desc(cm->ep));
     }
     *out = cm;
     return SL_OK;
@@ -223,6 +228,7 @@ fail:
 void cuda_model_free(struct cuda_model *cm) {
     if (!cm) return;
     gpu_cache_free(&cm->gc);
+    nccl_ep_free(cm->ep); /* after the cache, whose table points at its zero record */
     hybrid_cuda_model_free(cm->hy);
     mla_cuda_model_free(cm->mla);
     if (cm->d_dense) cudaFree(cm->d_dense);
@@ -235,6 +241,7 @@ const char *cuda_model_desc(const struct cuda_model *cm) { return cm->desc; }
 
 void cuda_model_stats(const struct cuda_model *cm, struct sl_stats *out) {
     gpu_cache_stats(&cm->gc, out); /* expert_cache_cuda.cu */
+    nccl_ep_stats(cm->ep, out);    /* multi-GPU all-reduces (nccl_cuda.cu) */
 }
 
 /* ---- contexts ------------------------------------------------------------ */

@@ -28,8 +28,17 @@
  * (stream_ctx_free from cuda_ctx_free). The pinned host buffers are
  * rewritten only after the layer's synchronisation, so no copy still in
  * flight reads them.
+ *
+ * Timing of decode steps (SLUICE_CUDA_STREAM_TIMING, default on; sl_stats
+ * gpu_layer_*, gpu_upload_wait_seconds, gpu_roundtrip_seconds): events on
+ * the compute stream at the first and the last MoE layer's entry (their
+ * distance over the layers between is the per-layer time, mixer included),
+ * around the wait for the uploads, and from the ids' synchronisation to the
+ * first expert kernel (the GPU idles while the host plans). Each pair is
+ * read after a later synchronisation, never waited for.
  */
 #include "cuda/internal.cuh"
+#include "cuda/nccl_cuda.cuh"
 
 extern "C" {
 #include "cpu/ops.h"
@@ -48,7 +57,43 @@ struct stream_ctx {
     int32_t *csel;       /* (n_batch) selections of one CPU expert */
     uint8_t *sel_cpu;    /* (n_batch * k) selection computed on the CPU */
     int32_t *pf_ids;     /* (n_experts) the lookahead's union */
+    /* decode timing (see the header); events exist iff `timing` */
+    int timing;
+    uint32_t first_moe, last_moe;
+    cudaEvent_t ev[8];   /* [0, 1] first, last MoE layer's entry; [2, 3] around
+                            the wait for uploads; [4 + 2p, 5 + 2p] the ids'
+                            synchronisation, the first expert kernel (p: the
+                            layer's parity, as a pair is read one layer later) */
+    int l_open;          /* 1: ev[0] recorded this step, 2: and ev[1] */
+    int w_pending, r_pending[2]; /* recorded, not yet read */
 };
+
+/* Seconds between two recorded events that have run, 0 on error. */
+static double ev_seconds(cudaEvent_t a, cudaEvent_t b) {
+    float ms = 0;
+    if (cudaEventElapsedTime(&ms, a, b) != cudaSuccess) {
+        cudaGetLastError();
+        return 0;
+    }
+    return ms / 1e3;
+}
+
+/* Reads the pending wait and round-trip pairs (the stream has been
+ * synchronised since they were recorded). */
+static void timing_read(struct stream_ctx *sx, struct sl_context *ctx) {
+    if (sx->w_pending) ctx->stats.gpu_upload_wait_seconds += ev_seconds(sx->ev[2], sx->ev[3]);
+    for (int p = 0; p < 2; p++)
+        if (sx->r_pending[p])
+            ctx->stats.gpu_roundtrip_seconds += ev_seconds(sx->ev[4 + 2 * p], sx->ev[5 + 2 * p]);
+    sx->w_pending = sx->r_pending[0] = sx->r_pending[1] = 0;
+}
+
+/* Records timing event i on s; 0 if it failed (timing then skips it). */
+static int ev_mark(struct stream_ctx *sx, int i, cudaStream_t s) {
+    if (cudaEventRecord(sx->ev[i], s) == cudaSuccess) return 1;
+    cudaGetLastError();
+    return 0;
+}
 
 void stream_ctx_free(struct cuda_ctx *cc) {
     struct stream_ctx *sx = cc->sx;
@@ -58,6 +103,8 @@ void stream_ctx_free(struct cuda_ctx *cc) {
     if (sx->h_out) cudaFreeHost(sx->h_out);
     if (sx->h_pf) cudaFreeHost(sx->h_pf);
     if (sx->d_pf) cudaFree(sx->d_pf);
+    for (int i = 0; i < 8; i++)
+        if (sx->ev[i]) cudaEventDestroy(sx->ev[i]);
     sl_free(sx->tok);
     sl_free(sx->cpu);
     sl_free(sx->gids);
@@ -111,6 +158,21 @@ static int stream_ctx_make(struct cuda_ctx *cc, const struct sl_context *ctx) {
         stream_ctx_free(cc);
         return sl_seterr(SL_ERR_NOMEM, "out of memory");
     }
+    sx->first_moe = sx->last_moe = 0;
+    int any = 0;
+    for (uint32_t l = 0; l < c->n_layers; l++)
+        if (c->layer_is_moe[l]) {
+            if (!any) sx->first_moe = l;
+            sx->last_moe = l;
+            any = 1;
+        }
+    sx->timing = cuda_tune("SLUICE_CUDA_STREAM_TIMING", 1) != 0;
+    for (int i = 0; i < 8 && sx->timing; i++)
+        if (cudaEventCreate(&sx->ev[i]) != cudaSuccess) { /* timing off, not an error */
+            cudaGetLastError();
+            sx->ev[i] = NULL;
+            sx->timing = 0;
+        }
     return SL_OK;
 }
 
@@ -180,6 +242,10 @@ int moe_streaming_cuda(struct cuda_model *cm, struct cuda_ctx *cc, struct sl_con
     int nsel = n * k, st = SL_OK;
     if (!cc->sx && (st = stream_ctx_make(cc, ctx))) return st;
     struct stream_ctx *sx = cc->sx;
+    int timed = sx->timing && n == 1, par = (int)(l & 1); /* decode steps only */
+    if (l == sx->first_moe) sx->l_open = timed ? ev_mark(sx, 0, s) : 0;
+    if (timed && l == sx->last_moe && l > sx->first_moe && sx->l_open == 1)
+        sx->l_open = ev_mark(sx, 1, s) ? 2 : 0;
     uint64_t rec_bytes = g->off.o[2] + g->moe.rb_down * (uint64_t)g->moe.hidden;
     /* the CPU expert is the plain SwiGLU: gpt_oss's (biases, clamp) upload */
     int plain = !c->expert_bias && !(c->swiglu_limit > 0);
@@ -200,7 +266,16 @@ int moe_streaming_cuda(struct cuda_model *cm, struct cuda_ctx *cc, struct sl_con
     if (may_cpu)
         CU_TRY(cudaMemcpyAsync(sx->h_xb, cc->xb, (size_t)n * hid * 4, cudaMemcpyDeviceToHost, s));
     CU_TRY(cudaMemcpyAsync(cc->h_ids, cc->topk_ids, (size_t)nsel * 4, cudaMemcpyDeviceToHost, s));
+    int rt = timed && !sx->r_pending[par] && ev_mark(sx, 4 + 2 * par, s);
     CU_TRY(cudaStreamSynchronize(s));
+    if (sx->timing) { /* every pending pair has run: read them */
+        timing_read(sx, ctx);
+        if (l == sx->last_moe && sx->l_open == 2) { /* first to last MoE entry */
+            ctx->stats.gpu_layer_seconds += ev_seconds(sx->ev[0], sx->ev[1]);
+            ctx->stats.gpu_layer_intervals += sx->last_moe - sx->first_moe;
+        }
+        if (l == sx->last_moe) sx->l_open = 0;
+    }
 
     int32_t *cnt = cc->tmp_count, *pos = cc->tmp_count + ne, *ids = cc->distinct;
     memset(cnt, 0, (size_t)ne * sizeof *cnt);
@@ -220,6 +295,7 @@ int moe_streaming_cuda(struct cuda_model *cm, struct cuda_ctx *cc, struct sl_con
     ctx->stats.expert_loads += (uint64_t)nd;
     ctx->stats.expert_bytes_read += (uint64_t)nd * rec_bytes;
     int np = look ? lookahead_ids(sx, n, ne, k) : 0;
+    np = nccl_ep_filter(cm->ep, nl, sx->pf_ids, np); /* multi-GPU: this rank's experts */
     if (host_pf && np) expert_store_prefetch(store, nl, sx->pf_ids, np);
 
     /* who computes each expert */
@@ -245,6 +321,7 @@ int moe_streaming_cuda(struct cuda_model *cm, struct cuda_ctx *cc, struct sl_con
         if ((st = gpu_cache_acquire(cm, l, sx->gids + b0, nb, s, cc->bases, cc->hit,
                                     cc->slot_ids, cc->ev_arrive, &uploaded)))
             break;
+        if (rt && bi == 0) sx->r_pending[par] = ev_mark(sx, 5 + 2 * par, s);
         int s0 = ns; /* this batch's selections start here in h_sel */
         for (int pass = 0; pass < 2; pass++) /* resident first, then uploaded */
             for (int i = 0; i < nb; i++) {
@@ -279,8 +356,10 @@ int moe_streaming_cuda(struct cuda_model *cm, struct cuda_ctx *cc, struct sl_con
             st = expert_down_cuda(s, &sh, ia, dc, na, none, cc->sel, k, cc->H, cc->moe_tmp, 0,
                                   maxc);
         if (!st && nb > na && uploaded) {
+            int tw = timed && !sx->w_pending && ev_mark(sx, 2, s);
             e = cudaStreamWaitEvent(s, cc->ev_arrive, 0);
             if (e != cudaSuccess) st = cuda_fail(e, "cudaStreamWaitEvent");
+            if (!st && tw) sx->w_pending = ev_mark(sx, 3, s);
         }
         if (!st && nb > na)
             st = expert_gate_up_cuda(s, &sh, ib, dc + 1, nb - na, none, cc->sel, k, cc->xb,

@@ -331,6 +331,10 @@ __global__ void __launch_bounds__(MM_THREADS)
 /* Warps per row for a decode matvec of `rows`: enough warps to fill the
  * GPU (>= 4096) without splitting a row below 32 chunks per warp. */
 static int matvec_wpr(int rows, int nch) {
+    if (rows <= 256) { /* router-sized: SLUICE_CUDA_RWPR (1, 2, 4, 8) forces it */
+        int f = cuda_tune("SLUICE_CUDA_RWPR", 0);
+        if (f == 1 || f == 2 || f == 4 || f == 8) return f;
+    }
     int wpr = 1;
     while (wpr < 8 && rows * wpr < 4096 && nch / (2 * wpr) >= 32) wpr *= 2;
     return wpr;
@@ -485,7 +489,7 @@ __device__ __forceinline__ q4_pair q4_pair_load(const moe_item &it, const ffn_sh
  * the item's x row is staged in shared memory (so the weight stream and
  * the x copy overlap), SwiGLU in the epilogue. The variant is a tuning
  * knob (cuda_tune). */
-template <int GU_RPW, int GU_PRE>
+template <int GU_RPW, int GU_PRE, bool VX>
 __global__ void __launch_bounds__(MM_THREADS)
     kernel_expert_gate_up_q4(ffn_shape sh, const moe_item *items, const int32_t *n_items,
                              moe_item one, const int32_t *__restrict__ sel, int k,
@@ -514,7 +518,14 @@ __global__ void __launch_bounds__(MM_THREADS)
             for (int q = 0; q < GU_RPW; q++)
                 if (lane + 32 * p < nb) pre[p][q] = q4_pair_load(it, sh, rr[q], lane + 32 * p, dofs, mofs);
         __syncthreads(); /* the previous selection's reads of xs are done */
-        for (int i = threadIdx.x; i < sh.hidden; i += MM_THREADS) xs[xpad(i)] = x[i];
+        if (VX) /* 16-byte loads: 4 elements of one 32-block, contiguous in xs */
+            for (int i = threadIdx.x; i < (sh.hidden >> 2); i += MM_THREADS) {
+                float4 v = reinterpret_cast<const float4 *>(x)[i];
+                float *d = xs + xpad(4 * i);
+                d[0] = v.x, d[1] = v.y, d[2] = v.z, d[3] = v.w;
+            }
+        else
+            for (int i = threadIdx.x; i < sh.hidden; i += MM_THREADS) xs[xpad(i)] = x[i];
         __syncthreads();
         float ga[GU_RPW], ua[GU_RPW];
 #pragma unroll
@@ -551,19 +562,25 @@ __global__ void __launch_bounds__(MM_THREADS)
 int expert_gate_up_q4_cuda(cudaStream_t s, const ffn_shape *sh, const moe_item *items,
                            const int32_t *n_items, int max_items, moe_item one,
                            const int32_t *sel, int k, const float *X, float *H) {
-    int v = cuda_tune("SLUICE_CUDA_GU", 0), rpw = v == 0 ? 2 : 1;
+    int v = cuda_tune("SLUICE_CUDA_GU", 4), rpw = v == 0 || v >= 3 ? 2 : 1;
     int rpb = MM_THREADS / 32 * rpw;
     dim3 g2((sh->ffn + rpb - 1) / rpb, items ? max_items : 1);
     size_t smem = (size_t)(sh->hidden + sh->hidden / 32) * sizeof(float);
     const char *what = "kernel_expert_gate_up_q4";
     if (v == 0)
-        return dlaunch(what, kernel_expert_gate_up_q4<2, 0>, g2, MM_THREADS, smem, s, *sh, items,
-                       n_items, one, sel, k, X, H);
+        return dlaunch(what, kernel_expert_gate_up_q4<2, 0, false>, g2, MM_THREADS, smem, s, *sh,
+                       items, n_items, one, sel, k, X, H);
     if (v == 1)
-        return dlaunch(what, kernel_expert_gate_up_q4<1, 2>, g2, MM_THREADS, smem, s, *sh, items,
-                       n_items, one, sel, k, X, H);
-    return dlaunch(what, kernel_expert_gate_up_q4<1, 0>, g2, MM_THREADS, smem, s, *sh, items,
-                   n_items, one, sel, k, X, H);
+        return dlaunch(what, kernel_expert_gate_up_q4<1, 2, false>, g2, MM_THREADS, smem, s, *sh,
+                       items, n_items, one, sel, k, X, H);
+    if (v == 3) /* every weight load of the 2 pairs (hidden <= 2048) before x is staged */
+        return dlaunch(what, kernel_expert_gate_up_q4<2, 2, true>, g2, MM_THREADS, smem, s, *sh,
+                       items, n_items, one, sel, k, X, H);
+    if (v == 4)
+        return dlaunch(what, kernel_expert_gate_up_q4<2, 0, true>, g2, MM_THREADS, smem, s, *sh,
+                       items, n_items, one, sel, k, X, H);
+    return dlaunch(what, kernel_expert_gate_up_q4<1, 0, false>, g2, MM_THREADS, smem, s, *sh,
+                   items, n_items, one, sel, k, X, H);
 }
 
 #define DC_MAX_K 64
@@ -690,6 +707,115 @@ __global__ void __launch_bounds__(MM_THREADS)
     if (lane == 0) x[r] += acc;
 }
 
+/* SLUICE_CUDA_DC = 2, 3: kernel_expert_down_combine's Q4 shared-memory path
+ * (SX, RANK) with every weight load of the row issued at once (U pairs per
+ * lane: U = 8 covers k = 8, ffn = 1024 in one batch), H staged with
+ * 16-byte loads, RPW output rows per warp (fewer blocks, fewer copies of
+ * H). Each row's lanes take the same (selection, block) pairs in the same
+ * order as kernel_expert_down_combine and add them with the same
+ * expression, so the sums are the same. Rows past hidden load row
+ * hidden - 1 and write nothing. */
+template <int U>
+struct dc_batch_t {
+    uint4 v[U];
+    float d[U], m[U];
+    int sv[U], bv[U];
+};
+template <int U>
+__device__ __forceinline__ void dc_load_t(dc_batch_t<U> &q, int i0, int total, int nb, int r,
+                                          const int *order, const uint8_t *const *down,
+                                          uint64_t rb, uint64_t dofs, uint64_t mofs) {
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+        int i = i0 + 32 * u;
+        if (i < total) {
+            int si = i / nb, b = i - si * nb, s = order[si];
+            const uint8_t *row = down[s] + (uint64_t)r * rb;
+            q.v[u] = __ldg(reinterpret_cast<const uint4 *>(row) + b);
+            q.d[u] = f16f(ldu16(row + dofs + 2 * b));
+            q.m[u] = f16f(ldu16(row + mofs + 2 * b));
+            q.sv[u] = s;
+            q.bv[u] = b;
+        }
+    }
+}
+
+template <int RPW, int U>
+__global__ void __launch_bounds__(MM_THREADS)
+    kernel_expert_down_combine_v(ffn_shape sh, const moe_item *items, int nk,
+                                 const int32_t *__restrict__ sel, const int32_t *__restrict__ ids,
+                                 const float *__restrict__ w, const float *__restrict__ H,
+                                 float *__restrict__ x) {
+    extern __shared__ float hs[]; /* (nk, ffn + ffn / 32) */
+    __shared__ const uint8_t *down[DC_MAX_K];
+    __shared__ float ws[DC_MAX_K];
+    __shared__ int order[DC_MAX_K];
+    pdl_trigger();
+    pdl_wait(); /* items, sel, ids, w, H and x come from earlier kernels */
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, ffn = sh.ffn;
+    if (threadIdx.x < nk) {
+        moe_item it = items[threadIdx.x];
+        int s = sel[it.start];
+        down[s] = it.down;
+        ws[s] = w[s];
+        int me = threadIdx.x, my = ids[me], rank = 0;
+        for (int j = 0; j < nk; j++) {
+            int o = ids[j];
+            rank += o < my || (o == my && j < me);
+        }
+        order[rank] = me;
+    }
+    __syncthreads(); /* order, down, ws */
+    int r0 = (blockIdx.x * (MM_THREADS / 32) + warp) * RPW, padded = ffn + (ffn >> 5);
+    int nb = ffn >> 5, total = nk * nb;
+    uint64_t dofs = (uint64_t)(ffn >> 1), mofs = dofs + 2 * (uint64_t)nb;
+    int rr[RPW];
+    dc_batch_t<U> q[RPW];
+#pragma unroll
+    for (int j = 0; j < RPW; j++) {
+        rr[j] = r0 + j < sh.hidden ? r0 + j : sh.hidden - 1;
+        dc_load_t<U>(q[j], lane, total, nb, rr[j], order, down, sh.rb_down, dofs, mofs);
+    }
+    const float4 *H4 = reinterpret_cast<const float4 *>(H); /* ffn % 32 == 0 */
+#pragma unroll 4
+    for (int i = threadIdx.x; i < (total << 3); i += MM_THREADS) {
+        float4 v = H4[i];
+        int e = 4 * i, s = e / ffn, c = e - s * ffn;
+        float *d = hs + s * padded + xpad(c);
+        d[0] = v.x, d[1] = v.y, d[2] = v.z, d[3] = v.w;
+    }
+    __syncthreads();
+    float acc[RPW];
+#pragma unroll
+    for (int j = 0; j < RPW; j++) acc[j] = 0.f;
+    for (int i0 = lane; i0 < total; i0 += 32 * U) {
+        if (i0 != lane)
+#pragma unroll
+            for (int j = 0; j < RPW; j++)
+                dc_load_t<U>(q[j], i0, total, nb, rr[j], order, down, sh.rb_down, dofs, mofs);
+#pragma unroll
+        for (int j = 0; j < RPW; j++)
+#pragma unroll
+            for (int u = 0; u < U; u++)
+                if (i0 + 32 * u < total)
+                    acc[j] += ws[q[j].sv[u]] * q4_block_dot(q[j].v[u], q[j].d[u], q[j].m[u],
+                                                            hs + q[j].sv[u] * padded +
+                                                                33 * q[j].bv[u]);
+    }
+#pragma unroll
+    for (int j = 0; j < RPW; j++) {
+        float a = warp_sum(acc[j]);
+        if (lane == 0 && r0 + j < sh.hidden) {
+            if (sh.down_b) /* gpt_oss: the experts' down biases, weighted */
+                for (int si = 0; si < nk; si++) {
+                    int s = order[si];
+                    a += ws[s] * sh.down_b[(uint64_t)ids[s] * sh.hidden + r0 + j];
+                }
+            x[r0 + j] += a;
+        }
+    }
+}
+
 template <bool RANK>
 static int down_combine_launch(cudaStream_t s, const struct ffn_shape *sh,
                                const struct moe_item *items, int nk, const int32_t *sel,
@@ -716,7 +842,20 @@ int expert_down_combine_cuda(cudaStream_t s, const struct ffn_shape *sh,
     if (nk < 1 || nk > DC_MAX_K)
         return sl_seterr(SL_ERR_UNSUPPORTED, "CUDA experts: %d selections per token (max %d)",
                          nk, DC_MAX_K);
-    if (cuda_tune("SLUICE_CUDA_DC", 1))
+    int dc = cuda_tune("SLUICE_CUDA_DC", 2);
+    size_t smem = (size_t)nk * (sh->ffn + sh->ffn / 32) * sizeof(float);
+    if ((dc == 2 || dc == 3) && sh->dt_down == SL_DTYPE_Q4 && sh->aligned_down &&
+        smem <= 48 * 1024) {
+        int rpw = dc == 2 ? 1 : 2, rpb = MM_THREADS / 32 * rpw;
+        dim3 grid((sh->hidden + rpb - 1) / rpb);
+        const char *what = "kernel_expert_down_combine_v";
+        if (dc == 2)
+            return dlaunch(what, kernel_expert_down_combine_v<1, 8>, grid, MM_THREADS, smem, s,
+                           *sh, items, nk, sel, ids, w, H, x);
+        return dlaunch(what, kernel_expert_down_combine_v<2, 4>, grid, MM_THREADS, smem, s, *sh,
+                       items, nk, sel, ids, w, H, x);
+    }
+    if (dc)
         return down_combine_launch<true>(s, sh, items, nk, sel, ids, w, H, x);
     return down_combine_launch<false>(s, sh, items, nk, sel, ids, w, H, x);
 }

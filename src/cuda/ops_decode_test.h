@@ -55,6 +55,45 @@ int cuda_test_moe_decode(int rdt, const void *router_w, const float *norm_w, flo
                          int edt, int ne, int hidden, int ffn, int k, int kind, int norm,
                          int reverse_items, float *x, int32_t *ids, float *wts);
 
+/* Decode-kernel timing for bench/cuda_decode_kernels.c. Each twin uploads
+ * its inputs (weights in ncopy back-to-back copies, so that the timed
+ * launches rotate through more bytes than the L2 holds), runs the kernel
+ * once and downloads that output, then captures reps launches (launch r on
+ * copy r % ncopy) as one CUDA graph, replays it once to warm up and times
+ * a second replay with events: *us = microseconds per launch, the gaps of
+ * a graph included. The tuning knobs (SLUICE_CUDA_*) in the environment
+ * pick the variant, as in the forward pass. */
+
+/* y (rows[0] + .. + rows[nseg-1]) = the nseg stacked matrices w[i] (rows[i]
+ * x cols, dtype) · x, with the RMSNorm prologue when norm_w (matvec_multi_
+ * cuda: the q/k/v launch); accumulate (nseg 1, no norm): y += w · x
+ * through matmul_cuda (o_proj + residual), y in/out. */
+int cuda_kbench_matvec(int dtype, int nseg, const void *const w[], const int rows[], int cols,
+                       const float *x, const float *norm_w, float eps, int accumulate,
+                       int ncopy, int reps, float *y, double *us);
+
+/* The decode router over w (ne x cols, dtype) and rmsnorm(x) * norm_w, top
+ * k. mode 0: the fused router + route (matvec_route_cuda; the caller
+ * checks for SL_ERR_UNSUPPORTED); 1: the router matvec then route_cuda;
+ * 2: the router matvec alone (ids, wts untouched); 3: route_cuda alone on
+ * the logits of one mode-1 run. logits (ne), ids, wts (k) out. */
+int cuda_kbench_router(int dtype, const void *w, int ne, int cols, const float *x,
+                       const float *norm_w, float eps, int k, int kind, int norm, int mode,
+                       int ncopy, int reps, float *logits, int32_t *ids, float *wts,
+                       double *us);
+
+/* The decode expert kernels on Q4 records (ne records of record_bytes,
+ * gate/up/down at off[0..2]): ids (nsets x k) are nsets expert sets, launch
+ * r of the timing uses set r % nsets (spread the sets over all experts so
+ * that the reads come from HBM). Set 0 once: h (k x ffn) = SwiGLU of gate/
+ * up · xn (expert_gate_up_cuda), x_out (hidden) = x + sum in expert-id
+ * order of wts[s] * down · h[s] (expert_down_combine_cuda). *us_gu, *us_dc:
+ * per launch of each. */
+int cuda_kbench_experts(const void *records, uint64_t record_bytes, const uint64_t off[3],
+                        int ne, int hidden, int ffn, int k, const int32_t *ids, int nsets,
+                        const float *wts, const float *xn, const float *x, int reps, float *h,
+                        float *x_out, double *us_gu, double *us_dc);
+
 #ifdef __cplusplus
 }
 #endif
