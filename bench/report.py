@@ -90,9 +90,12 @@ def short_cmd(c):
 
 
 def sd_of(rounds, key):
-    v = [r[key] for r in rounds]
+    """Spread over the rounds that carry key (a peer's raw lines may not:
+    llama-bench's jsonl has avg_ts/stddev_ts instead)."""
+    have = [r for r in rounds if key in r]
+    v = [r[key] for r in have]
     if len(v) < 2:
-        return rounds[0].get(key + "_sd") if rounds else None
+        return have[0].get(key + "_sd") if have else None
     m = sum(v) / len(v)
     return (sum((x - m) ** 2 for x in v) / (len(v) - 1)) ** 0.5
 
@@ -151,10 +154,12 @@ def peer_section(scen, runs):
 def sluice_section(scen, runs, plot_dir, rel_dir):
     L = [f"### {scen}: sluice bench", "",
          "| machine | model | config | cache budget | prompt tok/s | decode tok/s | active MiB/token "
-         "| GB/s achieved | limit tok/s | % of limit | hit rate | disk MiB/token | logits hash |",
+         "| GB/s achieved | limit tok/s | % of limit | hit rate (GPU cache when on a GPU) "
+         "| disk MiB/token | logits hash |",
          "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for o in runs:
-        lim, which = o.get("limit_tps") or 0, "bench" if o.get("gpu_cache_bytes") else "RAM"
+        lim = o.get("limit_tps") or 0
+        which = o.get("limit_tier") or ("bench" if o.get("gpu_cache_bytes") else "RAM")
         if o.get("disk_limit_tps") and o["disk_limit_tps"] < lim:
             lim, which = o["disk_limit_tps"], "disk"
         cfg = o.get("config") or "—"
@@ -164,7 +169,7 @@ def sluice_section(scen, runs, plot_dir, rel_dir):
                  f"{fmt(o['decode_tps'], o.get('decode_tps_sd'))} | "
                  f"{o.get('active_bytes_per_token', 0) / 2**20:.1f} | {fmt(o.get('achieved_gbs'))} | "
                  f"{fmt(lim)} ({which}) | {100 * o['decode_tps'] / lim:.0f}% | "
-                 f"{100 * o.get('cache_hit_rate', 0):.1f}% | "
+                 f"{100 * o.get('gpu_hit_rate_decode', o.get('cache_hit_rate', 0)):.1f}% | "
                  f"{o.get('disk_bytes_per_token', 0) / 2**20:.2f} | `{o.get('logits_hash', '')}` |"
                  if lim else
                  f"| {machine(o)} | {o.get('model', '?')} | {cfg} | — | {fmt(o['prompt_tps'])} | "

@@ -219,7 +219,10 @@ if pp and tg:
     LL = {"name": "llama.cpp CUDA", "version": str(tg[0].get("build_commit", "?")) + " (llama-cpp-python 0.3.36 vendor tree)",
           "build": "cmake -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 (bench/peers/llamacpp_cuda_build.sh)",
           "weights": "same weights: sluice export-gguf (q4->Q4_1, bf16->BF16, bit-identical)",
-          "command": os.environ.get("LL_CMD", ""), "rounds": LR, "limit": None,
+          "command": os.environ.get("LL_CMD", ""), "limit": None,
+          "rounds": [{"prompt_tps": pp[0]["avg_ts"], "prompt_tps_sd": pp[0].get("stddev_ts"),
+                      "decode_tps": tg[0]["avg_ts"], "decode_tps_sd": tg[0].get("stddev_ts")}],
+          "raw": LR,
           "prompt_tps": pp[0]["avg_ts"], "decode_tps": tg[0]["avg_ts"]}
 hbm = lim.get("d2d_read_write_gbs") or 0
 S, T = j("sluice_resident.raw"), j("tf_gpu.raw")
