@@ -5,13 +5,17 @@
  * What it is: a two-pass streaming converter. Pass 1 looks up every tensor
  * the config implies and checks presence, dtype and shape, so that a bad
  * checkpoint fails in seconds, before any output is written; pass 2 walks
- * the same sequence again and converts. What it is not: a loader, and it
- * does not touch tokenizer.json beyond embedding its bytes.
+ * the same sequence again and converts. This file holds the entry point,
+ * the config and tokenizer side files, the walk over the model, the
+ * per-family dense tensor names and the row-conversion primitives; the
+ * routed experts of a layer are convert_experts.c's (shared state and
+ * contracts: convert_impl.h). What it is not: a loader, and it does not
+ * touch tokenizer.json beyond embedding its bytes.
  *
  * Families: qwen3_moe, olmoe (as qwen3_moe, with q_norm/k_norm over the
  * whole projection), mixtral (router block_sparse_moe.gate.weight, experts
  * block_sparse_moe.experts.{e}.{w1,w3,w2}.weight = gate, up, down, no q/k
- * norms) and gpt_oss (see do_experts_oss: router mlp.router.{weight,bias},
+ * norms) and gpt_oss (see convert_experts.c: router mlp.router.{weight,bias},
  * self_attn.sinks, biased experts in bf16 or MXFP4). gpt_oss's expert
  * biases mlp.experts.gate_up_proj_bias [E, 2*ffn] (interleaved gate/up)
  * and down_proj_bias [E, hidden] stay dense f32 tensors under their HF
@@ -72,6 +76,7 @@
 
 #include "config.h"
 #include "convert_fp8.h"
+#include "convert_impl.h"
 #include "format.h"
 #include "quant.h"
 #include "safetensors.h"
@@ -86,27 +91,7 @@ enum tensor_kind {
     KIND_MATRIX, /* dense_dtype */
 };
 
-struct conv {
-    struct sl_convert_params p;
-    struct sl_config cfg;
-    struct st_set *st;
-    struct sl_writer *w;         /* open during pass 2 */
-    int pass;                    /* 1: check names, dtypes, shapes; 2: write */
-    uint8_t *used;               /* (st_count) tensor consumed by the model */
-    float *chunk;                /* (CHUNK_FLOATS or one row) read buffer */
-    uint64_t chunk_floats;
-    uint64_t total, done;        /* elements to convert / converted */
-    double last_draw;
-    const char *stage;           /* progress label */
-    uint32_t stage_layer;
-    int warned_fallback;
-    const char *src_prefix;      /* "model.language_model." for the multimodal
-                                    qwen3_5_moe checkpoints, else NULL */
-    char src_buf[SL_MAX_NAME + 64]; /* src_name's result */
-    uint32_t fp8_block[2];       /* FP8 checkpoint: weight_block_size; else 0 */
-    const struct st_tensor **fp8_scale; /* (st_count) scale_inv of an F8
-                                           weight, else NULL (convert_fp8.h) */
-};
+/* struct conv: convert_impl.h. */
 
 struct sl_convert_params sl_convert_default_params(void) {
     struct sl_convert_params p;
@@ -119,7 +104,8 @@ struct sl_convert_params sl_convert_default_params(void) {
 
 /* ---- progress ---- */
 
-static void progress_draw(struct conv *cv, int final) {
+/* Contract: convert_impl.h. */
+void convert_progress_draw(struct conv *cv, int final) {
     if (!cv->p.progress || cv->pass != 2) return;
     double now = sl_now();
     if (!final && now - cv->last_draw < 0.1) return;
@@ -140,7 +126,8 @@ static void progress_draw(struct conv *cv, int final) {
 
 /* ---- shape checks (pass 1) ---- */
 
-static void format_dims(char *buf, size_t n, int n_dims, const uint64_t *d) {
+/* Contract: convert_impl.h. */
+void convert_format_dims(char *buf, size_t n, int n_dims, const uint64_t *d) {
     size_t k = (size_t)snprintf(buf, n, "[");
     for (int i = 0; i < n_dims && k < n; i++)
         k += (size_t)snprintf(buf + k, n - k, "%s%llu", i ? ", " : "",
@@ -151,18 +138,19 @@ static void format_dims(char *buf, size_t n, int n_dims, const uint64_t *d) {
 /* The checkpoint's name of output tensor name: the same, except that the
  * multimodal qwen3_5_moe checkpoints keep the text model's "model.*" under
  * "model.language_model.*". Valid until the next call. */
-static const char *src_name(struct conv *cv, const char *name) {
+const char *convert_src_name(struct conv *cv, const char *name) {
     if (!cv->src_prefix || strncmp(name, "model.", 6) != 0) return name;
     snprintf(cv->src_buf, sizeof cv->src_buf, "%s%s", cv->src_prefix, name + 6);
     return cv->src_buf;
 }
 
-/* Finds name (its checkpoint name, src_name) and checks its dtype and
- * shape; marks it used and, in pass 1, counts its elements for the
- * progress bar. Messages name the checkpoint's tensor. */
-static int expect(struct conv *cv, const char *name, int n_dims,
-                  const uint64_t *dims, const struct st_tensor **out) {
-    name = src_name(cv, name);
+/* Finds name (its checkpoint name, convert_src_name) and checks its dtype
+ * and shape; marks it used and, in pass 1, counts its elements for the
+ * progress bar. Messages name the checkpoint's tensor. Contract:
+ * convert_impl.h. */
+int convert_expect(struct conv *cv, const char *name, int n_dims,
+                   const uint64_t *dims, const struct st_tensor **out) {
+    name = convert_src_name(cv, name);
     const struct st_tensor *t = st_find(cv->st, name);
     if (!t) return sl_seterr(SL_ERR_FORMAT, "missing tensor %s", name);
     int f8 = strcmp(t->dtype_name, "F8_E4M3") == 0;
@@ -181,8 +169,8 @@ static int expect(struct conv *cv, const char *name, int n_dims,
     for (int i = 0; same && i < n_dims; i++) same = t->dims[i] == dims[i];
     if (!same) {
         char want[96], got[96];
-        format_dims(want, sizeof want, n_dims, dims);
-        format_dims(got, sizeof got, t->n_dims, t->dims);
+        convert_format_dims(want, sizeof want, n_dims, dims);
+        convert_format_dims(got, sizeof got, t->n_dims, t->dims);
         return sl_seterr(SL_ERR_FORMAT, "tensor %s: expected %s, got %s",
                          name, want, got);
     }
@@ -207,10 +195,10 @@ static int chunk_reserve(struct conv *cv, uint64_t cols) {
 }
 
 /* Rows [row0, row0 + n_rows) of t (seen as [numel/cols, cols]) into out in
- * dtype, a chunk at a time. what names the data in messages. */
-static int convert_rows(struct conv *cv, const struct st_tensor *t,
-                        uint64_t row0, uint64_t n_rows, int dtype, void *out,
-                        const char *what) {
+ * dtype, a chunk at a time. what names the data in messages. Contract:
+ * convert_impl.h. */
+int convert_rows(struct conv *cv, const struct st_tensor *t, uint64_t row0,
+                 uint64_t n_rows, int dtype, void *out, const char *what) {
     uint64_t cols = st_cols(t);
     uint64_t row_bytes = quant_row_bytes(dtype, cols);
     SL_ASSERT(row_bytes != 0);
@@ -239,15 +227,16 @@ static int convert_rows(struct conv *cv, const struct st_tensor *t,
                                cols);
         }
         cv->done += n * cols;
-        progress_draw(cv, 0);
+        convert_progress_draw(cv, 0);
     }
     return SL_OK;
 }
 
 /* The stored dtype of a matrix with cols columns whose policy dtype is
- * want: bf16 when want is a block format that cols does not fit. */
-static int pick_dtype(struct conv *cv, int want, uint64_t cols,
-                      const char *name) {
+ * want: bf16 when want is a block format that cols does not fit. Contract:
+ * convert_impl.h. */
+int convert_pick_dtype(struct conv *cv, int want, uint64_t cols,
+                       const char *name) {
     if (quant_dtype_fits(want, cols)) return want;
     if (!cv->warned_fallback && cv->pass == 2) {
         sl_log(SL_LOG_WARN, "%s: %llu columns are not a multiple of %d; "
@@ -264,10 +253,10 @@ static int do_dense(struct conv *cv, const char *name, int kind, uint64_t d0,
     uint64_t dims[2] = {d0, d1};
     int n_dims = kind == KIND_VECTOR ? 1 : 2;
     const struct st_tensor *t;
-    int rc = expect(cv, name, n_dims, dims, &t);
+    int rc = convert_expect(cv, name, n_dims, dims, &t);
     if (rc || cv->pass == 1) return rc;
     int dtype = kind == KIND_MATRIX
-                    ? pick_dtype(cv, cv->p.dense_dtype, st_cols(t), name)
+                    ? convert_pick_dtype(cv, cv->p.dense_dtype, st_cols(t), name)
                     : SL_DTYPE_F32;
     uint64_t rows = n_dims == 1 ? 1 : d0;
     uint64_t size = rows * quant_row_bytes(dtype, st_cols(t));
@@ -332,10 +321,10 @@ static int do_layer_deepseek(struct conv *cv, uint32_t l) {
 static int do_dense_as(struct conv *cv, const char *name, int kind, int add_one,
                        int sn, const uint64_t *sd, int on, const uint64_t *od) {
     const struct st_tensor *t;
-    int rc = expect(cv, name, sn, sd, &t);
+    int rc = convert_expect(cv, name, sn, sd, &t);
     if (rc || cv->pass == 1) return rc;
     uint64_t cols = st_cols(t), rows = t->numel / cols;
-    int dtype = kind == KIND_MATRIX ? pick_dtype(cv, cv->p.dense_dtype, cols, name)
+    int dtype = kind == KIND_MATRIX ? convert_pick_dtype(cv, cv->p.dense_dtype, cols, name)
                                     : SL_DTYPE_F32;
     uint64_t size = rows * quant_row_bytes(dtype, cols);
     float *buf = sl_malloc((size_t)size);
@@ -365,10 +354,10 @@ static int do_gdn_fused(struct conv *cv, uint32_t l) {
     const struct st_tensor *tq, *tb;
     uint64_t dq[2] = {2 * kd + 2 * vd, h}, db[2] = {2 * nv, h};
     int rc;
-    if ((rc = expect(cv, qn, 2, dq, &tq)) || (rc = expect(cv, bn, 2, db, &tb)) ||
+    if ((rc = convert_expect(cv, qn, 2, dq, &tq)) || (rc = convert_expect(cv, bn, 2, db, &tb)) ||
         cv->pass == 1)
         return rc;
-    int dt = pick_dtype(cv, cv->p.dense_dtype, h, qn);
+    int dt = convert_pick_dtype(cv, cv->p.dense_dtype, h, qn);
     uint64_t rb = quant_row_bytes(dt, h), fb = h * sizeof(float);
     uint8_t *qkv = sl_malloc((size_t)((2 * kd + vd) * rb)), *z = sl_malloc((size_t)(vd * rb));
     uint8_t *b = sl_malloc((size_t)(nv * fb)), *a = sl_malloc((size_t)(nv * fb));
@@ -416,7 +405,7 @@ static int do_layer_hybrid(struct conv *cv, uint32_t l) {
         return rc;
     if (c->layer_linear[l]) {
         uint64_t sconv[3] = {cd, 1, c->lin_conv}, oconv[2] = {cd, c->lin_conv};
-        if (st_find(cv->st, src_name(cv, P("linear_attn.in_proj_qkvz.weight"))))
+        if (st_find(cv->st, convert_src_name(cv, P("linear_attn.in_proj_qkvz.weight"))))
             rc = do_gdn_fused(cv, l);
         else if (!(rc = do_dense(cv, P("linear_attn.in_proj_qkv.weight"), KIND_MATRIX, cd, h)) &&
                  !(rc = do_dense(cv, P("linear_attn.in_proj_z.weight"), KIND_MATRIX, vd, h)) &&
@@ -521,276 +510,6 @@ static int do_layer_dense(struct conv *cv, uint32_t l) {
     return SL_OK;
 }
 
-/* ---- gpt_oss experts ---- */
-
-/* MXFP4 (e2m1) code points; bit 3 is the sign. */
-static const float fp4_values[16] = {0.0f,  0.5f,  1.0f,  1.5f,  2.0f,  3.0f,
-                                     4.0f,  6.0f,  -0.0f, -0.5f, -1.0f, -1.5f,
-                                     -2.0f, -3.0f, -4.0f, -6.0f};
-
-/* Decodes one MXFP4 row of g blocks of 32: blocks (g, 16) bytes, the low
- * nibble of byte j is element 2j and the high nibble element 2j + 1 (as
- * transformers' convert_moe_packed_tensors); scales (g) E8M0 bytes,
- * element = value * 2^(scale - 127). Exact in float32. */
-static void mxfp4_row(const uint8_t *blocks, const uint8_t *scales, uint64_t g,
-                      float *out) {
-    for (uint64_t b = 0; b < g; b++) {
-        float sc = ldexpf(1.0f, (int)scales[b] - 127);
-        for (int j = 0; j < 16; j++) {
-            uint8_t byte = blocks[b * 16 + (uint64_t)j];
-            out[b * 32 + 2 * (uint64_t)j] = fp4_values[byte & 15] * sc;
-            out[b * 32 + 2 * (uint64_t)j + 1] = fp4_values[byte >> 4] * sc;
-        }
-    }
-}
-
-/* Finds an MXFP4 tensor (U8) and checks its shape; marks it used. */
-static int expect_u8(struct conv *cv, const char *name, int n_dims,
-                     const uint64_t *dims, const struct st_tensor **out) {
-    const struct st_tensor *t = st_find(cv->st, name);
-    if (!t) return sl_seterr(SL_ERR_FORMAT, "missing tensor %s", name);
-    int same = strcmp(t->dtype_name, "U8") == 0 && t->n_dims == n_dims;
-    for (int i = 0; same && i < n_dims; i++) same = t->dims[i] == dims[i];
-    if (!same) {
-        char want[96], got[96];
-        format_dims(want, sizeof want, n_dims, dims);
-        format_dims(got, sizeof got, t->n_dims, t->dims);
-        return sl_seterr(SL_ERR_FORMAT, "tensor %s: expected U8 %s (MXFP4), got "
-                         "%s %s", name, want, t->dtype_name, got);
-    }
-    if (cv->pass == 1 && !cv->used[t->index]) cv->total += t->numel;
-    cv->used[t->index] = 1;
-    *out = t;
-    return SL_OK;
-}
-
-/* Quantizes row r of part k from the staged f32 row, checking finiteness. */
-static int oss_store_row(struct conv *cv, const float *row, uint64_t cols,
-                         int dtype, void *dst, uint64_t r, const char *what) {
-    if (!quant_row_is_finite(row, cols))
-        return sl_seterr(SL_ERR_FORMAT, "tensor %s: non-finite value in row "
-                         "%llu (an MXFP4 scale of 255?)", what,
-                         (unsigned long long)r);
-    quant_row_from_f32(dtype, row, (uint8_t *)dst + r * quant_row_bytes(dtype, cols),
-                       cols);
-    return SL_OK;
-}
-
-/* gpt_oss experts of layer l, from either hub layout:
- *   bf16:  mlp.experts.gate_up_proj [E, hidden, 2*ffn] (x @ W: columns 2j
- *          gate j, 2j + 1 up j), mlp.experts.down_proj [E, ffn, hidden];
- *   MXFP4: mlp.experts.{gate_up,down}_proj_{blocks,scales}: blocks
- *          [E, rows, cols/32, 16] U8, scales [E, rows, cols/32] U8, rows
- *          the output features (gate_up: 2j gate j, 2j + 1 up j).
- * Each expert is decoded to float32 (exact for both) one matrix at a time
- * and quantized straight to the expert dtype: MXFP4 -> q4 goes through no
- * bf16 rounding. */
-static int do_experts_oss(struct conv *cv, uint32_t l) {
-    const struct sl_config *c = &cv->cfg;
-    uint64_t h = c->hidden, f = c->moe_ffn, E = c->n_experts;
-    char gu[SL_MAX_NAME + 1], dn[SL_MAX_NAME + 1], gub[SL_MAX_NAME + 1],
-        gus[SL_MAX_NAME + 1], dnb[SL_MAX_NAME + 1], dns[SL_MAX_NAME + 1];
-    snprintf(gu, sizeof gu, "model.layers.%u.mlp.experts.gate_up_proj", l);
-    snprintf(dn, sizeof dn, "model.layers.%u.mlp.experts.down_proj", l);
-    snprintf(gub, sizeof gub, "model.layers.%u.mlp.experts.gate_up_proj_blocks", l);
-    snprintf(gus, sizeof gus, "model.layers.%u.mlp.experts.gate_up_proj_scales", l);
-    snprintf(dnb, sizeof dnb, "model.layers.%u.mlp.experts.down_proj_blocks", l);
-    snprintf(dns, sizeof dns, "model.layers.%u.mlp.experts.down_proj_scales", l);
-    int mx = st_find(cv->st, gub) != NULL;
-    if (mx && st_find(cv->st, gu))
-        return sl_seterr(SL_ERR_FORMAT, "layer %u holds both %s and %s", l, gu, gub);
-    const struct st_tensor *t_gu = NULL, *t_dn = NULL, *t_gub = NULL,
-                           *t_gus = NULL, *t_dnb = NULL, *t_dns = NULL;
-    int rc;
-    if (mx) {
-        if (h % 32 || f % 32)
-            return sl_seterr(SL_ERR_FORMAT, "layer %u: MXFP4 experts need hidden "
-                             "(%llu) and intermediate_size (%llu) to be multiples "
-                             "of 32", l, (unsigned long long)h, (unsigned long long)f);
-        uint64_t d1[4] = {E, 2 * f, h / 32, 16}, d2[3] = {E, 2 * f, h / 32};
-        uint64_t d3[4] = {E, h, f / 32, 16}, d4[3] = {E, h, f / 32};
-        if ((rc = expect_u8(cv, gub, 4, d1, &t_gub)) ||
-            (rc = expect_u8(cv, gus, 3, d2, &t_gus)) ||
-            (rc = expect_u8(cv, dnb, 4, d3, &t_dnb)) ||
-            (rc = expect_u8(cv, dns, 3, d4, &t_dns)))
-            return rc;
-    } else {
-        uint64_t d1[3] = {E, h, 2 * f}, d2[3] = {E, f, h};
-        if ((rc = expect(cv, gu, 3, d1, &t_gu)) || (rc = expect(cv, dn, 3, d2, &t_dn)))
-            return rc;
-    }
-    if (cv->pass == 1) return SL_OK;
-
-    uint64_t rows[3] = {f, f, h}, cols[3] = {h, h, f};
-    struct sl_expert_part parts[3];
-    memset(parts, 0, sizeof parts);
-    void *data[3] = {NULL, NULL, NULL};
-    /* Staging: one expert's gate_up or down in f32 (bf16 source), or its raw
-     * MXFP4 bytes; plus one decoded row. */
-    uint64_t stage_floats = 2 * f * h, raw_bytes = 2 * f * (h / 32) * 17 + h * (f / 32) * 17;
-    float *stage = NULL, *row = NULL;
-    uint8_t *raw = NULL;
-    rc = SL_OK;
-    for (int k = 0; k < 3 && !rc; k++) {
-        char what[SL_MAX_NAME + 32];
-        snprintf(what, sizeof what, "model.layers.%u.mlp.experts.* (%s)", l,
-                 k == 0 ? "gate" : k == 1 ? "up" : "down");
-        parts[k].dtype = pick_dtype(cv, cv->p.expert_dtype, cols[k], what);
-        parts[k].rows = rows[k];
-        parts[k].cols = cols[k];
-        uint64_t sz = rows[k] * quant_row_bytes(parts[k].dtype, cols[k]);
-        if (!(data[k] = sl_malloc((size_t)sz)))
-            rc = sl_seterr(SL_ERR_NOMEM, "layer %u experts: cannot allocate %llu "
-                           "bytes", l, (unsigned long long)sz);
-    }
-    if (!rc) {
-        stage = mx ? NULL : sl_malloc((size_t)stage_floats * sizeof(float));
-        raw = mx ? sl_malloc((size_t)raw_bytes) : NULL;
-        row = sl_malloc((size_t)(h > f ? h : f) * sizeof(float));
-        if ((!mx && !stage) || (mx && !raw) || !row)
-            rc = sl_seterr(SL_ERR_NOMEM, "layer %u experts: out of memory", l);
-    }
-    if (!rc) rc = writer_begin_experts(cv->w, l, (uint32_t)E, parts);
-    for (uint64_t e = 0; e < E && !rc; e++) {
-        if (mx) {
-            uint64_t gu_blk = 2 * f * (h / 32) * 16, gu_sc = 2 * f * (h / 32);
-            uint64_t dn_blk = h * (f / 32) * 16, dn_sc = h * (f / 32);
-            uint8_t *b1 = raw, *s1 = b1 + gu_blk, *b2 = s1 + gu_sc, *s2 = b2 + dn_blk;
-            if ((rc = st_read_raw(cv->st, t_gub, e * gu_blk, gu_blk, b1)) ||
-                (rc = st_read_raw(cv->st, t_gus, e * gu_sc, gu_sc, s1)) ||
-                (rc = st_read_raw(cv->st, t_dnb, e * dn_blk, dn_blk, b2)) ||
-                (rc = st_read_raw(cv->st, t_dns, e * dn_sc, dn_sc, s2)))
-                break;
-            uint64_t g = h / 32;
-            for (uint64_t r = 0; r < 2 * f && !rc; r++) { /* interleaved rows */
-                mxfp4_row(b1 + r * g * 16, s1 + r * g, g, row);
-                rc = oss_store_row(cv, row, h, parts[r % 2].dtype, data[r % 2], r / 2, gub);
-            }
-            g = f / 32;
-            for (uint64_t r = 0; r < h && !rc; r++) {
-                mxfp4_row(b2 + r * g * 16, s2 + r * g, g, row);
-                rc = oss_store_row(cv, row, f, parts[2].dtype, data[2], r, dnb);
-            }
-        } else {
-            /* gate_up slice (h, 2f): part row j is column 2j (gate) or
-             * 2j + 1 (up). */
-            if ((rc = st_read_rows_f32(cv->st, t_gu, e * h, h, stage))) break;
-            for (uint64_t j = 0; j < 2 * f && !rc; j++) {
-                for (uint64_t i = 0; i < h; i++) row[i] = stage[i * 2 * f + j];
-                rc = oss_store_row(cv, row, h, parts[j % 2].dtype, data[j % 2], j / 2, gu);
-            }
-            /* down slice (f, h): part row r is column r. */
-            if (rc || (rc = st_read_rows_f32(cv->st, t_dn, e * f, f, stage))) break;
-            for (uint64_t r = 0; r < h && !rc; r++) {
-                for (uint64_t i = 0; i < f; i++) row[i] = stage[i * h + r];
-                rc = oss_store_row(cv, row, f, parts[2].dtype, data[2], r, dn);
-            }
-        }
-        if (!rc) rc = writer_add_expert(cv->w, l, (uint32_t)e, (const void *const *)data);
-        cv->done += mx ? 3 * f * h / 2 + 3 * f * h / 32 : 3 * f * h;
-        progress_draw(cv, 0);
-    }
-    for (int k = 0; k < 3; k++) sl_free(data[k]);
-    sl_free(stage);
-    sl_free(raw);
-    sl_free(row);
-    return rc;
-}
-
-/* The routed experts of MoE layer l: checked in pass 1, written as records
- * in pass 2. Holds one expert's three stored matrices at a time. */
-static int do_experts(struct conv *cv, uint32_t l) {
-    const struct sl_config *c = &cv->cfg;
-    uint64_t h = c->hidden, f = c->moe_ffn, E = c->n_experts;
-    if (c->arch == SL_ARCH_GPT_OSS) return do_experts_oss(cv, l);
-    /* mixtral: block_sparse_moe.experts.{e}.w1 (gate), w3 (up), w2 (down) */
-    int mx = c->arch == SL_ARCH_MIXTRAL;
-    const char *pre = mx ? "block_sparse_moe.experts" : "mlp.experts";
-    const char *part_names[3] = {"gate_proj", "up_proj", "down_proj"};
-    if (mx) {
-        part_names[0] = "w1";
-        part_names[1] = "w3";
-        part_names[2] = "w2";
-    }
-    char n[SL_MAX_NAME + 1], gu_name[SL_MAX_NAME + 1], d_name[SL_MAX_NAME + 1];
-    snprintf(gu_name, sizeof gu_name, "model.layers.%u.%s.gate_up_proj", l, pre);
-    snprintf(d_name, sizeof d_name, "model.layers.%u.%s.down_proj", l, pre);
-    snprintf(n, sizeof n, "model.layers.%u.%s.0.%s.weight", l, pre, part_names[0]);
-    int fused = st_find(cv->st, src_name(cv, gu_name)) != NULL;
-    if (fused && st_find(cv->st, src_name(cv, n)))
-        return sl_seterr(SL_ERR_FORMAT, "layer %u holds both the fused (%s) "
-                         "and the per-expert (%s) expert layout", l, gu_name, n);
-    int rc;
-    const struct st_tensor *gu = NULL, *dn = NULL;
-    if (fused) {
-        uint64_t gd[3] = {E, 2 * f, h}, dd[3] = {E, h, f};
-        if ((rc = expect(cv, gu_name, 3, gd, &gu)) ||
-            (rc = expect(cv, d_name, 3, dd, &dn)))
-            return rc;
-    }
-    uint64_t rows[3] = {f, f, h}, cols[3] = {h, h, f};
-    struct sl_expert_part parts[3];
-    memset(parts, 0, sizeof parts);
-    void *data[3] = {NULL, NULL, NULL};
-    if (cv->pass == 2) {
-        for (int k = 0; k < 3; k++) {
-            snprintf(n, sizeof n, "model.layers.%u.%s.*.%s", l, pre,
-                     part_names[k]);
-            parts[k].dtype = pick_dtype(cv, cv->p.expert_dtype, cols[k], n);
-            parts[k].rows = rows[k];
-            parts[k].cols = cols[k];
-            uint64_t sz = rows[k] * quant_row_bytes(parts[k].dtype, cols[k]);
-            if (!(data[k] = sl_malloc((size_t)sz))) {
-                rc = sl_seterr(SL_ERR_NOMEM, "layer %u experts: cannot "
-                               "allocate %llu bytes", l, (unsigned long long)sz);
-                goto done;
-            }
-        }
-        if ((rc = writer_begin_experts(cv->w, l, (uint32_t)E, parts))) goto done;
-    }
-    for (uint64_t e = 0; e < E; e++) {
-        if (fused) {
-            if (cv->pass == 1) continue; /* shapes checked above */
-            char what[SL_MAX_NAME + 64];
-            snprintf(what, sizeof what, "%s (expert %llu gate)", gu_name,
-                     (unsigned long long)e);
-            if ((rc = convert_rows(cv, gu, e * 2 * f, f, parts[0].dtype,
-                                   data[0], what)))
-                goto done;
-            snprintf(what, sizeof what, "%s (expert %llu up)", gu_name,
-                     (unsigned long long)e);
-            if ((rc = convert_rows(cv, gu, e * 2 * f + f, f, parts[1].dtype,
-                                   data[1], what)))
-                goto done;
-            snprintf(what, sizeof what, "%s (expert %llu)", d_name,
-                     (unsigned long long)e);
-            if ((rc = convert_rows(cv, dn, e * h, h, parts[2].dtype, data[2],
-                                   what)))
-                goto done;
-        } else {
-            for (int k = 0; k < 3; k++) {
-                const struct st_tensor *t;
-                uint64_t dims[2] = {rows[k], cols[k]};
-                snprintf(n, sizeof n, "model.layers.%u.%s.%llu.%s.weight",
-                         l, pre, (unsigned long long)e, part_names[k]);
-                if ((rc = expect(cv, n, 2, dims, &t))) goto done;
-                if (cv->pass == 2 &&
-                    (rc = convert_rows(cv, t, 0, rows[k], parts[k].dtype,
-                                       data[k], n)))
-                    goto done;
-            }
-        }
-        if (cv->pass == 2 &&
-            (rc = writer_add_expert(cv->w, l, (uint32_t)e,
-                                    (const void *const *)data)))
-            goto done;
-    }
-    rc = SL_OK;
-done:
-    for (int k = 0; k < 3; k++) sl_free(data[k]);
-    return rc;
-}
-
 /* The whole model in file order: dense tensors first (the dense region),
  * then the expert records layer by layer, in pass cv->pass. */
 static int walk(struct conv *cv) {
@@ -819,7 +538,7 @@ static int walk(struct conv *cv) {
     cv->stage = "experts layer";
     for (uint32_t l = 0; l < c->n_layers; l++) {
         cv->stage_layer = l + 1;
-        if (c->layer_is_moe[l] && (rc = do_experts(cv, l))) return rc;
+        if (c->layer_is_moe[l] && (rc = convert_experts(cv, l))) return rc;
     }
     return SL_OK;
 }
@@ -989,7 +708,7 @@ static int read_config(const char *dir, struct sl_config *cfg, uint32_t fp8_bloc
         cJSON *j = rc ? NULL : cJSON_ParseWithLength(txt, len);
         const cJSON *qc = cJSON_GetObjectItemCaseSensitive(j, "quantization_config");
         const cJSON *qm = cJSON_GetObjectItemCaseSensitive(qc, "quant_method");
-        /* gpt_oss ships its experts in MXFP4, which do_experts_oss reads. */
+        /* gpt_oss ships its experts in MXFP4, which convert_experts.c reads. */
         int mxfp4 = cfg->arch == SL_ARCH_GPT_OSS && cJSON_IsString(qm) &&
                     strcmp(qm->valuestring, "mxfp4") == 0;
         /* deepseek_v3 ships FP8 block-scaled weights (convert_fp8.h). */
@@ -1123,7 +842,7 @@ int sl_convert(const char *hf_dir, const char *out_path,
             if (!rc) {
                 cv.stage = "done";
                 cv.stage_layer = 0;
-                progress_draw(&cv, 1);
+                convert_progress_draw(&cv, 1);
             }
         }
         cv.w = NULL;

@@ -1,8 +1,9 @@
 /*
- * synth_impl.h — internals shared by the synthetic model generator's two
- * files: synth.c (presets, checks, PRNG, skew fit, the qwen3_moe layout and
- * the write loop) and synth_hybrid.c (the qwen3_5_moe hybrid layout:
- * presets, checks and the dense tensors of one layer).
+ * synth_impl.h — internals shared by the synthetic model generator's
+ * files: synth.c (PRNG, routing simulation, skew fit, the qwen3_moe layout
+ * and the write loop), synth_presets.c (presets and synth_check) and
+ * synth_hybrid.c (the qwen3_5_moe hybrid layout: presets, checks and the
+ * dense tensors of one layer).
  *
  * What it is not: an API for anything else; include synth.h for that.
  * Invariant: every tensor written through these functions is a pure
@@ -14,6 +15,10 @@
 #include "synth.h"
 
 struct sl_writer;
+
+/* Largest top-k (n_experts_used) the generator handles: synth_check rejects
+ * more, and route_count (synth.c) keeps this many candidates per token. */
+#define SYNTH_MAX_TOPK 64
 
 /* The state of one synth_write call. */
 struct synth_state {

@@ -2,7 +2,7 @@
  * golden.h — helpers shared by the golden tests (test_golden*.c, test_cuda.c):
  * reading a fixture directory written by tests/gen/ (config.json,
  * generated.json, logits.f32), converting it to a temporary .sluice and
- * opening it, cosine / argmax, the per-position cosine statistics, the
+ * opening it, converting a copy with one config.json edit, cosine / argmax, the per-position cosine statistics, the
  * greedy-prefix and token-by-token loops, listing fixture directories.
  *
  * What it is not: a test harness (that is test.h) nor a place for
@@ -150,6 +150,45 @@ GOLDEN_UNUSED static struct sl_model *golden_convert_open(const char *dir, int e
     unlink(path);
     rmdir(tmp);
     return m;
+}
+
+/* Copies fixture directory src (config.json and model.safetensors) into a
+ * private temporary directory (mkdtemp template tmpl, under 64 chars) with
+ * the first occurrence of from in config.json replaced by to, converts the
+ * copy with the default params and removes it. Returns sl_convert's status
+ * (sl_errmsg() holds its message), or -1 if the copy could not be made
+ * (from not found included). */
+GOLDEN_UNUSED static int golden_convert_patched(const char *src, const char *tmpl,
+                                                const char *from, const char *to) {
+    char dir[64], p[600], q[600];
+    snprintf(dir, sizeof dir, "%s", tmpl);
+    if (!mkdtemp(dir)) return -1;
+    size_t len;
+    snprintf(p, sizeof p, "%s/config.json", src);
+    char *cfg = golden_read_all(p, &len);
+    const char *at = cfg ? strstr(cfg, from) : NULL;
+    int st = -1;
+    snprintf(p, sizeof p, "%s/model.safetensors", src);
+    snprintf(q, sizeof q, "%s/model.safetensors", dir);
+    if (at && golden_copy_file(p, q)) {
+        snprintf(q, sizeof q, "%s/config.json", dir);
+        FILE *f = fopen(q, "wb");
+        if (f) {
+            fprintf(f, "%.*s%s%s", (int)(at - cfg), cfg, to, at + strlen(from));
+            fclose(f);
+            char out[96];
+            snprintf(out, sizeof out, "%s/m.sluice", dir);
+            struct sl_convert_params cp = sl_convert_default_params();
+            st = sl_convert(dir, out, &cp);
+            unlink(out);
+        }
+        unlink(q);
+    }
+    free(cfg);
+    snprintf(q, sizeof q, "%s/model.safetensors", dir);
+    unlink(q);
+    rmdir(dir);
+    return st;
 }
 
 /* Cosine similarity of a and b (n values) in double; 0 if either is zero. */

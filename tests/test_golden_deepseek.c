@@ -197,33 +197,9 @@ TEST(fp8_dequantized_exactly) {
 /* ---- converter rejections (a copy of the FP8 fixture, one thing broken) ---- */
 
 static int convert_patched(const char *name, const char *from, const char *to) {
-    char src[512], dir[64] = "/tmp/sluice_gdp_XXXXXX", p[600], q[600];
+    char src[512];
     snprintf(src, sizeof src, "%s/deepseek_v3/%s", golden_fx_root(), name);
-    if (!mkdtemp(dir)) return -1;
-    size_t len;
-    snprintf(p, sizeof p, "%s/config.json", src);
-    char *cfg = golden_read_all(p, &len);
-    const char *at = cfg ? strstr(cfg, from) : NULL;
-    int st = -1;
-    snprintf(p, sizeof p, "%s/model.safetensors", src);
-    snprintf(q, sizeof q, "%s/model.safetensors", dir);
-    if (at && golden_copy_file(p, q)) {
-        snprintf(q, sizeof q, "%s/config.json", dir);
-        FILE *f = fopen(q, "wb");
-        fprintf(f, "%.*s%s%s", (int)(at - cfg), cfg, to, at + strlen(from));
-        fclose(f);
-        char out[96];
-        snprintf(out, sizeof out, "%s/m.sluice", dir);
-        struct sl_convert_params cp = sl_convert_default_params();
-        st = sl_convert(dir, out, &cp);
-        unlink(out);
-        unlink(q);
-    }
-    free(cfg);
-    snprintf(q, sizeof q, "%s/model.safetensors", dir);
-    unlink(q);
-    rmdir(dir);
-    return st;
+    return golden_convert_patched(src, "/tmp/sluice_gdp_XXXXXX", from, to);
 }
 
 TEST(convert_deepseek_reject) {

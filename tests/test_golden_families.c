@@ -39,6 +39,7 @@
 #include "sluice.h"
 #include "golden.h"
 #include "test.h"
+#include "config_test.h"
 #include "util.h"
 
 #define N_PROMPT 40
@@ -344,18 +345,6 @@ static const char *olmoe_cfg =
     " \"rope_scaling\": null, \"rope_theta\": 10000.0, \"tie_word_embeddings\": false,"
     " \"vocab_size\": 50304}";
 
-static void roundtrip(const char *json, struct sl_config *out) {
-    struct sl_config a, b;
-    CHECK_MSG(config_parse(&a, json, strlen(json)) == SL_OK, "%s", sl_errmsg());
-    char *man = NULL;
-    size_t len = 0;
-    CHECK_EQ_INT(config_to_manifest(&a, SL_DTYPE_Q4, SL_DTYPE_BF16, &man, &len), SL_OK);
-    CHECK_MSG(man && config_parse(&b, man, len) == SL_OK, "manifest: %s", sl_errmsg());
-    CHECK(memcmp(&a, &b, sizeof a) == 0);
-    sl_free(man);
-    *out = a;
-}
-
 TEST(config_families) {
     struct sl_config c;
     roundtrip(mixtral_cfg, &c);
@@ -391,23 +380,6 @@ TEST(config_families) {
     roundtrip(buf, &c);
     CHECK_EQ_INT(c.sliding_window, 4096);
     CHECK(c.layer_sliding[0] && c.layer_sliding[31]);
-}
-
-/* Replaces the first occurrence of from by to in src (into out). */
-static const char *subst(char *out, size_t n, const char *src, const char *from,
-                         const char *to) {
-    const char *p = strstr(src, from);
-    SL_ASSERT(p);
-    snprintf(out, n, "%.*s%s%s", (int)(p - src), src, to, p + strlen(from));
-    return out;
-}
-
-static void expect_reject(const char *json, int status, const char *needle) {
-    struct sl_config c;
-    int st = config_parse(&c, json, strlen(json));
-    CHECK_MSG(st == status, "status %d, want %d (%s)", st, status, sl_errmsg());
-    CHECK_MSG(strstr(sl_errmsg(), needle) != NULL, "message '%s' lacks '%s'", sl_errmsg(),
-              needle);
 }
 
 TEST(config_families_reject) {
@@ -448,35 +420,9 @@ TEST(config_families_reject) {
  * replaced by `to`; converts it and returns the status. */
 static int convert_patched(const char *family, const char *name, const char *from,
                            const char *to) {
-    char src[512], dir[64] = "/tmp/sluice_gfp_XXXXXX", p[600], q[600];
+    char src[512];
     snprintf(src, sizeof src, "%s/%s/%s", golden_fx_root(), family, name);
-    if (!mkdtemp(dir)) return -1;
-    snprintf(p, sizeof p, "%s/model.safetensors", src);
-    snprintf(q, sizeof q, "%s/model.safetensors", dir);
-    int st = -1;
-    size_t len;
-    snprintf(p, sizeof p, "%s/config.json", src);
-    char *cfg = golden_read_all(p, &len);
-    if (cfg && strstr(cfg, from) && golden_copy_file((snprintf(p, sizeof p, "%s/model.safetensors", src), p), q)) {
-        char *patched = malloc(len + strlen(to) + 1);
-        subst(patched, len + strlen(to) + 1, cfg, from, to);
-        snprintf(q, sizeof q, "%s/config.json", dir);
-        FILE *f = fopen(q, "wb");
-        fputs(patched, f);
-        fclose(f);
-        free(patched);
-        char out[96];
-        snprintf(out, sizeof out, "%s/m.sluice", dir);
-        struct sl_convert_params cp = sl_convert_default_params();
-        st = sl_convert(dir, out, &cp);
-        unlink(out);
-        unlink(q);
-    }
-    free(cfg);
-    snprintf(q, sizeof q, "%s/model.safetensors", dir);
-    unlink(q);
-    rmdir(dir);
-    return st;
+    return golden_convert_patched(src, "/tmp/sluice_gfp_XXXXXX", from, to);
 }
 
 TEST(convert_families_reject) {

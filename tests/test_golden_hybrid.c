@@ -29,6 +29,7 @@
 #include "sluice.h"
 #include "golden.h"
 #include "test.h"
+#include "config_test.h"
 #include "util.h"
 
 #define N_PROMPT 40
@@ -201,18 +202,6 @@ static const char *wrap_cfg =
     " \"mrope_section\": [11, 11, 10]}, \"tie_word_embeddings\": false},"
     " \"vision_config\": {\"model_type\": \"qwen3_5_moe_vision\", \"depth\": 27}}";
 
-static void roundtrip(const char *json, struct sl_config *out) {
-    struct sl_config a, b;
-    CHECK_MSG(config_parse(&a, json, strlen(json)) == SL_OK, "%s", sl_errmsg());
-    char *man = NULL;
-    size_t len = 0;
-    CHECK_EQ_INT(config_to_manifest(&a, SL_DTYPE_Q4, SL_DTYPE_BF16, &man, &len), SL_OK);
-    CHECK_MSG(man && config_parse(&b, man, len) == SL_OK, "manifest: %s", sl_errmsg());
-    CHECK(memcmp(&a, &b, sizeof a) == 0);
-    sl_free(man);
-    *out = a;
-}
-
 TEST(config_hybrid) {
     struct sl_config c;
     roundtrip(next_cfg, &c);
@@ -244,22 +233,6 @@ TEST(config_hybrid) {
     int n_full = 0;
     for (int i = 0; i < 60; i++) n_full += !c.layer_linear[i];
     CHECK_EQ_INT(n_full, 15); /* 3 linear : 1 full */
-}
-
-static const char *subst(char *out, size_t n, const char *src, const char *from,
-                         const char *to) {
-    const char *p = strstr(src, from);
-    SL_ASSERT(p);
-    snprintf(out, n, "%.*s%s%s", (int)(p - src), src, to, p + strlen(from));
-    return out;
-}
-
-static void expect_reject(const char *json, int status, const char *needle) {
-    struct sl_config c;
-    int st = config_parse(&c, json, strlen(json));
-    CHECK_MSG(st == status, "status %d, want %d (%s)", st, status, sl_errmsg());
-    CHECK_MSG(strstr(sl_errmsg(), needle) != NULL, "message '%s' lacks '%s'", sl_errmsg(),
-              needle);
 }
 
 TEST(config_hybrid_reject) {

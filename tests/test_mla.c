@@ -29,6 +29,7 @@
 #include "safetensors.h"
 #include "sluice.h"
 #include "test.h"
+#include "config_test.h"
 #include "util.h"
 
 /* ---- a random MLA layer ---- */
@@ -433,25 +434,6 @@ static const char *ds_cfg =
     " \"quantization_config\": {\"activation_scheme\": \"dynamic\", \"fmt\": \"e4m3\","
     " \"quant_method\": \"fp8\", \"weight_block_size\": [128, 128]}}";
 
-static void roundtrip(const char *json, struct sl_config *out) {
-    struct sl_config a, b;
-    CHECK_MSG(config_parse(&a, json, strlen(json)) == SL_OK, "%s", sl_errmsg());
-    char *man = NULL;
-    size_t len = 0;
-    CHECK_EQ_INT(config_to_manifest(&a, SL_DTYPE_Q4, SL_DTYPE_BF16, &man, &len), SL_OK);
-    CHECK_MSG(man && config_parse(&b, man, len) == SL_OK, "manifest: %s", sl_errmsg());
-    CHECK(memcmp(&a, &b, sizeof a) == 0);
-    sl_free(man);
-    *out = a;
-}
-
-static const char *subst(char *out, size_t n, const char *src, const char *from, const char *to) {
-    const char *p = strstr(src, from);
-    SL_ASSERT(p);
-    snprintf(out, n, "%.*s%s%s", (int)(p - src), src, to, p + strlen(from));
-    return out;
-}
-
 TEST(config_deepseek_v3) {
     struct sl_config c;
     roundtrip(ds_cfg, &c);
@@ -502,13 +484,6 @@ TEST(config_deepseek_v3) {
                     " \"rope_type\": \"yarn\", \"factor\": 40, \"mscale\": 1.0, \"mscale_all_dim\":"
                     " 1.0, \"original_max_position_embeddings\": 4096},"), &c);
     CHECK_EQ_INT(c.rope_kind, SL_ROPE_YARN);
-}
-
-static void expect_reject(const char *json, int status, const char *needle) {
-    struct sl_config c;
-    int st = config_parse(&c, json, strlen(json));
-    CHECK_MSG(st == status, "status %d, want %d (%s)", st, status, sl_errmsg());
-    CHECK_MSG(strstr(sl_errmsg(), needle) != NULL, "message '%s' lacks '%s'", sl_errmsg(), needle);
 }
 
 TEST(config_deepseek_v3_reject) {
