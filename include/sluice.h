@@ -540,11 +540,13 @@ struct sl_batch {
                                    after token i */
 };
 
-/* Evaluates the batch in one forward pass: dense layers and the MoE stage run
- * over all n tokens together (each routed expert is read once for every
- * sequence routed to it); attention and the recurrent mixer run per
- * sequence on its own cache and state. Each sequence gives the same results
- * as evaluating its tokens alone with sl_eval (to rounding). Validates
+/* Evaluates the batch in one forward pass: dense layers, the attention
+ * projections (q/k/v, o) and the MoE stage run over all n tokens together
+ * (each weight and each routed expert is read once for the batch); RoPE, the
+ * KV append and attention run per sequence on its own cache, and MLA and
+ * Gated DeltaNet layers run whole per sequence. On the CPU each sequence's
+ * logits are bit-identical to evaluating its tokens alone with sl_eval in
+ * the same chunks. Validates
  * everything first (SL_ERR_RANGE: bad id, full sequence, n > n_batch); if the
  * forward pass fails, the batch's sequences are rolled back (hybrid models:
  * cleared). With batch->logits, each sequence's last row also becomes its

@@ -88,6 +88,14 @@ struct sl_context {
     int32_t *bt_inv;          /* (n_batch) run-order index of each batch index */
     struct seq_run *bt_runs;  /* (n_batch) */
     float *bt_row;            /* (n_vocab) one logits row, for the reorder */
+    float *bt_k, *bt_v;       /* (n_batch, n_kv_heads * head_dim) a mixed
+                                 batch's K and V before each run's rows go to
+                                 its sequence's cache; NULL unless several
+                                 sequences and a K/V cache */
+    uint64_t n_attn_proj;     /* attention projection matrices applied (q, k,
+                                 v and o count one each per application,
+                                 whatever the rows; MLA not counted): a
+                                 mixed batch applies each once per layer */
     const char *dump_dir;     /* SLUICE_DUMP, or NULL */
     struct cuda_ctx *cuda;    /* device KV cache and activations when the
                                  model runs on CUDA (src/cuda/cuda.h) */

@@ -11,10 +11,15 @@
  * exact same code path as without sequences.
  *
  * A mixed batch is grouped by sequence into runs (ctx->runs); forward.c
- * runs the token mixer (attention / Gated DeltaNet) once per run on that
- * sequence's cache and state, and everything else — the dense matmuls, the
- * router and the experts — once over the whole batch, so each distinct
- * expert of a layer is read once for all sequences.
+ * runs only what reads a sequence's own cache or state once per run: for
+ * attention layers the q/k norms, RoPE at each token's own position, the
+ * K/V append and the attention itself; MLA (deepseek_v3) and Gated DeltaNet
+ * layers whole. Everything else — the q/k/v/o projections, the dense
+ * matmuls, the router, the experts, the lm_head — runs once over the whole
+ * batch, so each weight matrix and each distinct expert of a layer is read
+ * once for all sequences. The CPU matmul kernels compute every row alone,
+ * in the same order whatever the batch (src/cpu/ops_kern.h), so a
+ * sequence's logits are bit-identical to the sequence evaluated alone.
  *
  * Not here: CUDA (SL_ERR_UNSUPPORTED), sequences sharing cache rows
  * (sl_seq_copy copies).
@@ -131,6 +136,12 @@ int context_seq_create(struct sl_context *ctx, uint32_t n_seq_max) {
         q->tokens = sl_calloc(ctx->n_ctx, sizeof(int32_t));
         ok &= q->logits && q->tokens;
     }
+    if (kv) { /* a mixed batch's K and V (forward.c attention_runs) */
+        uint64_t bkv = (uint64_t)ctx->n_batch * config_kv_dim(c);
+        ctx->bt_k = sl_aligned_alloc(64, bkv * sizeof(float));
+        ctx->bt_v = sl_aligned_alloc(64, bkv * sizeof(float));
+        ok &= ctx->bt_k && ctx->bt_v;
+    }
     if (!ok)
         return sl_seterr(SL_ERR_NOMEM, "out of memory for %u sequences of %u positions "
                          "(%.1f MiB each); HINT: lower n_seq_max or n_ctx", ctx->n_seq_max,
@@ -148,6 +159,9 @@ void context_seq_free(struct sl_context *ctx) {
     ctx->bt_count = ctx->bt_order = ctx->bt_toks = ctx->bt_inv = NULL;
     ctx->bt_runs = NULL;
     ctx->bt_row = NULL;
+    sl_aligned_free(ctx->bt_k);
+    sl_aligned_free(ctx->bt_v);
+    ctx->bt_k = ctx->bt_v = NULL;
     if (!ctx->seqs) return;
     seq_bind(ctx, 0);
     for (uint32_t s = 1; s < ctx->n_seq_max; s++) {

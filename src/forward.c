@@ -12,7 +12,9 @@
  * A chunk runs as matrix-matrix products (each weight crosses the memory
  * bus once per chunk), and the MoE stage groups the chunk's tokens by
  * expert, so that each distinct expert of a layer is acquired once per
- * chunk and applied to all of its tokens together.
+ * chunk and applied to all of its tokens together. A chunk may mix several
+ * sequences (ctx->runs, sl_decode_batch): then only what reads a
+ * sequence's own cache or state runs per sequence (mixer_runs).
  *
  * The forward pass allocates nothing: every buffer lives in the context,
  * sized for n_batch tokens. With SLUICE_DUMP=dir each stage's output is
@@ -89,51 +91,124 @@ static int qk_norm_rope(const struct sl_model *m, const struct layer_weights *L,
     return SL_OK;
 }
 
-/* Self-attention of n tokens at positions pos..pos+n-1: reads ctx->xb
- * (n, hidden), writes ctx->xb2 (n, hidden). */
-static int attention(struct sl_context *ctx, uint32_t l, uint32_t pos, int n) {
-    if (ctx->mla) return mla_forward(ctx, l, pos, n); /* deepseek_v3 */
+/* q, k and v of n tokens of ctx->xb (n, hidden) with their biases: q into
+ * ctx->q (n, q_dim) (and the output gate, gated attention), K and V (n,
+ * kv_dim) wherever the caller wants them (the cache, or a mixed batch's
+ * scratch). Each projection is one matrix pass over all n rows. */
+static int attn_qkv(struct sl_context *ctx, uint32_t l, float *K, float *V, int n) {
     const struct sl_config *c = &ctx->model->cfg;
     const struct layer_weights *L = &ctx->model->layers[l];
-    int nh = (int)c->n_heads, nkv = (int)c->n_kv_heads, hd = (int)c->head_dim;
-    int kv_dim = (int)config_kv_dim(c), q_dim = (int)config_q_dim(c);
-    float *kc = ctx->k_cache + (uint64_t)l * ctx->n_ctx * (uint64_t)kv_dim;
-    float *vc = ctx->v_cache + (uint64_t)l * ctx->n_ctx * (uint64_t)kv_dim;
-    float *K = kc + (uint64_t)pos * kv_dim; /* (n, kv_dim), written in place */
-    float *V = vc + (uint64_t)pos * kv_dim; /* in the cache */
     int st;
-
     if ((st = c->attn_gate ? hybrid_attn_q(ctx, l, n) /* q and its output gate */
                            : linear_w(ctx, &L->wq, ctx->xb, ctx->q, n)) ||
         (st = linear_w(ctx, &L->wk, ctx->xb, K, n)) ||
         (st = linear_w(ctx, &L->wv, ctx->xb, V, n)))
         return st;
-    add_bias(ctx->q, L->bq, n, q_dim);
-    add_bias(K, L->bk, n, kv_dim);
-    add_bias(V, L->bv, n, kv_dim);
-    for (int t = 0; t < n; t++) {
-        float *q = ctx->q + (size_t)t * q_dim, *k = K + (size_t)t * kv_dim;
-        if ((st = qk_norm_rope(ctx->model, L, q, k, pos + (uint32_t)t))) return st;
-    }
-    dump(ctx, (int)l, "q.f32", ctx->q, (size_t)n * q_dim * 4);
-    dump(ctx, (int)l, "k.f32", K, (size_t)n * kv_dim * 4);
+    ctx->n_attn_proj += 3;
+    add_bias(ctx->q, L->bq, n, (int)config_q_dim(c));
+    add_bias(K, L->bk, n, (int)config_kv_dim(c));
+    add_bias(V, L->bv, n, (int)config_kv_dim(c));
+    return SL_OK;
+}
 
+/* q/k norms and RoPE of n tokens at positions pos..pos+n-1: q (n, q_dim),
+ * K (n, kv_dim) in place. */
+static int attn_rope(const struct sl_context *ctx, uint32_t l, float *q, float *K,
+                     uint32_t pos, int n) {
+    const struct sl_config *c = &ctx->model->cfg;
+    size_t q_dim = config_q_dim(c), kv_dim = config_kv_dim(c);
+    int st;
+    for (int t = 0; t < n; t++)
+        if ((st = qk_norm_rope(ctx->model, &ctx->model->layers[l], q + (size_t)t * q_dim,
+                               K + (size_t)t * kv_dim, pos + (uint32_t)t)))
+            return st;
+    return SL_OK;
+}
+
+/* Attention of n queries q (n, q_dim) at positions pos..pos+n-1 over the
+ * bound sequence's cache of layer l (rows 0..pos+n-1 written) into att (n,
+ * q_dim). */
+static int attn_core(struct sl_context *ctx, uint32_t l, const float *q, float *att,
+                     uint32_t pos, int n) {
+    const struct sl_config *c = &ctx->model->cfg;
+    const struct layer_weights *L = &ctx->model->layers[l];
+    int nh = (int)c->n_heads, nkv = (int)c->n_kv_heads, hd = (int)c->head_dim;
+    int kv_dim = (int)config_kv_dim(c);
+    const float *kc = ctx->k_cache + (uint64_t)l * ctx->n_ctx * (uint64_t)kv_dim;
+    const float *vc = ctx->v_cache + (uint64_t)l * ctx->n_ctx * (uint64_t)kv_dim;
     float scale = 1.0f / sqrtf((float)hd);
     int window = c->layer_sliding[l] ? (int)c->sliding_window : 0;
     if (window || L->sinks) /* mixtral's window, gpt_oss's window and sinks */
-        st = ops_attention_ext(ctx->pool, ctx->att, ctx->q, kc, vc, n, (int)pos, nh, nkv,
-                               hd, kv_dim, scale, window, L->sinks, ctx->att_scores);
-    else if (n == 1)
-        st = ops_attention(ctx->pool, ctx->att, ctx->q, kc, vc, nh, nkv, hd,
-                           (int)pos + 1, kv_dim, scale, ctx->att_scores);
-    else
-        st = ops_attention_causal(ctx->pool, ctx->att, ctx->q, kc, vc, n, (int)pos,
-                                  nh, nkv, hd, kv_dim, scale, ctx->att_scores);
-    if (!st && c->attn_gate) hybrid_attn_gate(ctx, n);
-    if (st || (st = linear_w(ctx, &L->wo, ctx->att, ctx->xb2, n))) return st;
+        return ops_attention_ext(ctx->pool, att, q, kc, vc, n, (int)pos, nh, nkv, hd,
+                                 kv_dim, scale, window, L->sinks, ctx->att_scores);
+    if (n == 1)
+        return ops_attention(ctx->pool, att, q, kc, vc, nh, nkv, hd, (int)pos + 1, kv_dim,
+                             scale, ctx->att_scores);
+    return ops_attention_causal(ctx->pool, att, q, kc, vc, n, (int)pos, nh, nkv, hd,
+                                kv_dim, scale, ctx->att_scores);
+}
+
+/* The output gate (gated attention) and o_proj of n rows: ctx->att (n,
+ * q_dim) into ctx->xb2 (n, hidden), one matrix pass. */
+static int attn_out(struct sl_context *ctx, uint32_t l, int n) {
+    const struct sl_config *c = &ctx->model->cfg;
+    const struct layer_weights *L = &ctx->model->layers[l];
+    int st;
+    if (c->attn_gate) hybrid_attn_gate(ctx, n);
+    if ((st = linear_w(ctx, &L->wo, ctx->att, ctx->xb2, n))) return st;
+    ctx->n_attn_proj++;
     add_bias(ctx->xb2, L->bo, n, (int)c->hidden);
     dump(ctx, (int)l, "attn_out.f32", ctx->xb2, (size_t)n * c->hidden * 4);
     return SL_OK;
+}
+
+/* Self-attention of n tokens of the bound sequence at positions
+ * pos..pos+n-1: reads ctx->xb (n, hidden), writes ctx->xb2 (n, hidden); K
+ * and V are projected straight into the cache. */
+static int attention(struct sl_context *ctx, uint32_t l, uint32_t pos, int n) {
+    if (ctx->mla) return mla_forward(ctx, l, pos, n); /* deepseek_v3 */
+    const struct sl_config *c = &ctx->model->cfg;
+    uint64_t kv_dim = config_kv_dim(c), row = ((uint64_t)l * ctx->n_ctx + pos) * kv_dim;
+    float *K = ctx->k_cache + row, *V = ctx->v_cache + row; /* (n, kv_dim) */
+    int st;
+    if ((st = attn_qkv(ctx, l, K, V, n)) || (st = attn_rope(ctx, l, ctx->q, K, pos, n)))
+        return st;
+    dump(ctx, (int)l, "q.f32", ctx->q, (size_t)n * config_q_dim(c) * 4);
+    dump(ctx, (int)l, "k.f32", K, (size_t)n * kv_dim * 4);
+    if ((st = attn_core(ctx, l, ctx->q, ctx->att, pos, n))) return st;
+    return attn_out(ctx, l, n);
+}
+
+/* Self-attention of a mixed batch (ctx->runs, n rows in run order): the
+ * projections once over all n rows (K and V into the ctx->bt_k / bt_v
+ * scratch), then per run, bound to its sequence: the norms and RoPE at the
+ * run's positions, its K/V rows appended to its cache, attention over that
+ * cache; then o_proj once over all n rows. Every step is per row or per
+ * run, so each sequence's rows come out as if it ran alone. */
+static int attention_runs(struct sl_context *ctx, uint32_t l, int n) {
+    const struct sl_config *c = &ctx->model->cfg;
+    size_t qd = config_q_dim(c), kvd = config_kv_dim(c);
+    float *K = ctx->bt_k, *V = ctx->bt_v; /* (n, kv_dim) */
+    uint32_t bound = ctx->cur_seq;
+    int st = attn_qkv(ctx, l, K, V, n);
+    for (int r = 0; r < ctx->n_runs && !st; r++) {
+        const struct seq_run *u = &ctx->runs[r];
+        st = attn_rope(ctx, l, ctx->q + u->start * qd, K + u->start * kvd, u->pos, u->n);
+    }
+    if (st) return st;
+    dump(ctx, (int)l, "q.f32", ctx->q, (size_t)n * qd * 4);
+    dump(ctx, (int)l, "k.f32", K, (size_t)n * kvd * 4);
+    for (int r = 0; r < ctx->n_runs && !st; r++) {
+        const struct seq_run *u = &ctx->runs[r];
+        seq_bind(ctx, u->seq);
+        uint64_t row = ((uint64_t)l * ctx->n_ctx + u->pos) * kvd;
+        memcpy(ctx->k_cache + row, K + u->start * kvd, (size_t)u->n * kvd * sizeof(float));
+        memcpy(ctx->v_cache + row, V + u->start * kvd, (size_t)u->n * kvd * sizeof(float));
+        st = attn_core(ctx, l, ctx->q + u->start * qd, ctx->att + u->start * qd, u->pos,
+                       u->n);
+    }
+    seq_bind(ctx, bound);
+    return st ? st : attn_out(ctx, l, n);
 }
 
 /* SwiGLU MLP of m rows: out (m, hidden) = down(silu(gate X) * up X), with
@@ -315,11 +390,14 @@ static int mixer(struct sl_context *ctx, uint32_t l, uint32_t pos, int n) {
                                            : attention(ctx, l, pos, n);
 }
 
-/* A chunk of several sequences (ctx->runs): the mixer runs once per run,
- * bound to that sequence's cache and state, on the run's rows of the
- * activations; everything else in the layer runs over the whole chunk. */
-static int mixer_runs(struct sl_context *ctx, uint32_t l) {
+/* A chunk of several sequences (ctx->runs, n rows): attention layers share
+ * their projections (attention_runs); Gated DeltaNet and MLA layers run
+ * whole once per run, bound to that sequence's cache and state, on the
+ * run's rows of the activations. Everything else in the layer runs over the
+ * whole chunk (forward_batch). */
+static int mixer_runs(struct sl_context *ctx, uint32_t l, int n) {
     const struct sl_config *c = &ctx->model->cfg;
+    if (!c->layer_linear[l] && !ctx->mla && ctx->bt_k) return attention_runs(ctx, l, n);
     size_t hidden = c->hidden, qd = config_q_dim(c);
     float *xb = ctx->xb, *xb2 = ctx->xb2, *q = ctx->q, *att = ctx->att;
     uint32_t bound = ctx->cur_seq;
@@ -357,7 +435,7 @@ int forward_batch(struct sl_context *ctx, const int32_t *tokens, int n,
         for (int t = 0; t < n; t++)
             ops_rmsnorm(ctx->xb + (size_t)t * hidden, ctx->x + (size_t)t * hidden,
                         L->attn_norm, hidden, c->rms_eps);
-        if ((st = ctx->runs ? mixer_runs(ctx, l) : mixer(ctx, l, pos, n))) return st;
+        if ((st = ctx->runs ? mixer_runs(ctx, l, n) : mixer(ctx, l, pos, n))) return st;
         ops_add(ctx->x, ctx->xb2, n * hidden);
         ctx->stats.t_attention += sl_now() - t_att;
         for (int t = 0; t < n; t++)
