@@ -4,6 +4,8 @@
 set -u
 build=${1:-build}
 fail=0
+# the demo model of this build (tests that need it skip without it)
+[ -f "$build/default.sluice" ] && export SLUICE_TEST_MODEL=${SLUICE_TEST_MODEL:-$build/default.sluice}
 for t in "$build"/tests/test_*; do
   [ -x "$t" ] || continue
   case "$t" in *.o|*.d) continue;; esac
