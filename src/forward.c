@@ -259,31 +259,25 @@ static int expert_ffn(struct sl_context *ctx, uint32_t l, int e, const int dtype
 
 /* Router lookahead: the next MoE layer's router (l+1's, or later past dense
  * layers) applied to layer l's ffn-normed input ctx->xb (n, hidden) predicts
- * the experts it will pick; they are
- * handed to the store as low-priority prefetch while layer l computes. The
- * prediction only moves bytes, never numbers. Uses ctx->router as scratch
- * (layer l's routing is done by then) and ctx->pf_ids for the union of the
- * chunk's predictions. */
+ * the experts it will pick, with that layer's own bias and selection rule
+ * (moe_route_predict); they are handed to the store as low-priority
+ * prefetch while layer l computes. The prediction only moves bytes, never
+ * numbers. Uses ctx->router as scratch (layer l's routing is done by then)
+ * and ctx->pf_ids for the union of the chunk's predictions. */
 static void lookahead(struct sl_context *ctx, uint32_t l, int n) {
     const struct sl_config *c = &ctx->model->cfg;
     uint32_t nl = l + 1; /* the next MoE layer (dense ones may come between) */
     while (nl < c->n_layers && !c->layer_is_moe[nl]) nl++;
-    int k = (int)c->n_experts_used, ne = (int)c->n_experts;
-    if (nl >= c->n_layers || !c->layer_is_moe[nl] || k > 64 ||
+    if (nl >= c->n_layers || !c->layer_is_moe[nl] ||
+        c->n_experts_used > MOE_ROUTE_PREDICT_MAX_K ||
         !expert_store_prefetch_wanted(ctx->model->experts, nl))
         return;
-    if (linear_w(ctx, &ctx->model->layers[nl].router, ctx->xb, ctx->router, n)) return;
-    int32_t ids[64];
-    float vals[64];
-    int np = 0;
-    for (int t = 0; t < n; t++) { /* top-k of logits = top-k of softmax */
-        if (ops_topk(ctx->router + (size_t)t * ne, ne, k, ids, vals)) return;
-        for (int i = 0; i < k; i++) {
-            int dup = 0;
-            for (int j = 0; j < np && !dup; j++) dup = ctx->pf_ids[j] == ids[i];
-            if (!dup && np < ne) ctx->pf_ids[np++] = ids[i];
-        }
-    }
+    const struct layer_weights *N = &ctx->model->layers[nl];
+    int np;
+    if (linear_w(ctx, &N->router, ctx->xb, ctx->router, n) ||
+        moe_route_predict(c, ctx->router, N->router_b, N->router_sel_bias, n, ctx->pf_ids,
+                          &np))
+        return;
     expert_store_prefetch(ctx->model->experts, nl, ctx->pf_ids, np);
 }
 
@@ -299,11 +293,9 @@ static int moe(struct sl_context *ctx, uint32_t l, int n) {
     if ((st = linear_w(ctx, &L->router, ctx->xb, ctx->router, n))) return st;
     add_bias(ctx->router, L->router_b, n, ne);
     dump(ctx, (int)l, "router.f32", ctx->router, (size_t)n * ne * 4);
-    st = c->router_kind == SL_ROUTER_NOAUX_TC /* deepseek_v3 */
-             ? moe_route_noaux_tc(c, ctx->router, L->router_sel_bias, n, ctx->topk_ids,
-                                  ctx->topk_w)
-             : moe_route(c, ctx->router, n, ctx->topk_ids, ctx->topk_w);
-    if (st) return st;
+    if ((st = moe_route_layer(c, ctx->router, L->router_sel_bias, n, ctx->topk_ids,
+                              ctx->topk_w)))
+        return st;
     dump(ctx, (int)l, "moe_topk.i32", ctx->topk_ids, (size_t)n * k * 4);
     dump(ctx, (int)l, "moe_topw.f32", ctx->topk_w, (size_t)n * k * 4);
 

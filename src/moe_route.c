@@ -109,3 +109,33 @@ int moe_route_noaux_tc(const struct sl_config *c, float *logits,
     }
     return SL_OK;
 }
+
+int moe_route_layer(const struct sl_config *c, float *logits, const float *sel_bias,
+                    int n, int32_t *ids, float *w) {
+    return c->router_kind == SL_ROUTER_NOAUX_TC
+               ? moe_route_noaux_tc(c, logits, sel_bias, n, ids, w)
+               : moe_route(c, logits, n, ids, w);
+}
+
+int moe_route_predict(const struct sl_config *c, float *logits, const float *router_b,
+                      const float *sel_bias, int n, int32_t *out, int *n_out) {
+    int ne = (int)c->n_experts, k = (int)c->n_experts_used, np = 0, st;
+    *n_out = 0;
+    if (k > MOE_ROUTE_PREDICT_MAX_K)
+        return sl_seterr(SL_ERR_ARG, "router lookahead: top-%d above the %d it predicts",
+                         k, MOE_ROUTE_PREDICT_MAX_K);
+    int32_t ids[MOE_ROUTE_PREDICT_MAX_K];
+    float w[MOE_ROUTE_PREDICT_MAX_K];
+    for (int t = 0; t < n; t++) { /* one token at a time: routing is per token */
+        float *p = logits + (size_t)t * ne;
+        if (router_b) ops_add(p, router_b, ne); /* as forward.c's add_bias */
+        if ((st = moe_route_layer(c, p, sel_bias, 1, ids, w))) return st;
+        for (int i = 0; i < k; i++) {
+            int dup = 0;
+            for (int j = 0; j < np && !dup; j++) dup = out[j] == ids[i];
+            if (!dup) out[np++] = ids[i];
+        }
+    }
+    *n_out = np;
+    return SL_OK;
+}

@@ -42,6 +42,7 @@
 
 extern "C" {
 #include "cpu/ops.h"
+#include "moe_route.h"
 }
 
 struct stream_ctx {
@@ -176,20 +177,15 @@ static int stream_ctx_make(struct cuda_ctx *cc, const struct sl_context *ctx) {
     return SL_OK;
 }
 
-/* The lookahead's union of the n tokens' top-k of layer nl's router logits
- * (h_pf, host) into sx->pf_ids; returns how many. */
-static int lookahead_ids(struct stream_ctx *sx, int n, int ne, int k) {
-    int32_t ids[64];
-    float vals[64];
+/* The lookahead's union of the experts layer nl would route the n tokens
+ * to, from its router logits (h_pf, host, the bias added by the matmul as
+ * the layer's own router adds it; overwritten) with the layer's own
+ * selection rule (moe_route_predict), into sx->pf_ids; returns how many. */
+static int lookahead_ids(struct stream_ctx *sx, const struct sl_model *m, uint32_t nl, int n) {
     int np = 0;
-    for (int t = 0; t < n; t++) {
-        if (ops_topk(sx->h_pf + (size_t)t * ne, ne, k, ids, vals)) return np;
-        for (int i = 0; i < k; i++) {
-            int dup = 0;
-            for (int j = 0; j < np && !dup; j++) dup = sx->pf_ids[j] == ids[i];
-            if (!dup && np < ne) sx->pf_ids[np++] = ids[i];
-        }
-    }
+    if (moe_route_predict(&m->cfg, sx->h_pf, NULL, m->layers[nl].router_sel_bias, n,
+                          sx->pf_ids, &np))
+        return 0;
     return np;
 }
 
@@ -255,11 +251,11 @@ int moe_streaming_cuda(struct cuda_model *cm, struct cuda_ctx *cc, struct sl_con
     /* the lookahead's router logits, the ids and (for the CPU) x: one sync */
     uint32_t nl = l + 1; /* the next MoE layer (dense ones may come between) */
     while (nl < c->n_layers && !c->layer_is_moe[nl]) nl++;
-    int next_moe = nl < c->n_layers && c->layer_is_moe[nl] && k <= 64;
+    int next_moe = nl < c->n_layers && c->layer_is_moe[nl] && k <= MOE_ROUTE_PREDICT_MAX_K;
     int host_pf = next_moe && expert_store_prefetch_wanted(store, nl);
     int look = next_moe && (host_pf || gc->prefetch_on);
     if (look && (st = matmul_cuda(s, m->layers[nl].router.dtype, cm->layers[nl].router, cc->xb,
-                                  sx->d_pf, n, ne, hid, NULL, 0)))
+                                  sx->d_pf, n, ne, hid, cm->layers[nl].router_b, 0)))
         return st;
     if (look)
         CU_TRY(cudaMemcpyAsync(sx->h_pf, sx->d_pf, (size_t)n * ne * 4, cudaMemcpyDeviceToHost, s));
@@ -294,7 +290,7 @@ int moe_streaming_cuda(struct cuda_model *cm, struct cuda_ctx *cc, struct sl_con
         }
     ctx->stats.expert_loads += (uint64_t)nd;
     ctx->stats.expert_bytes_read += (uint64_t)nd * rec_bytes;
-    int np = look ? lookahead_ids(sx, n, ne, k) : 0;
+    int np = look ? lookahead_ids(sx, m, nl, n) : 0;
     np = nccl_ep_filter(cm->ep, nl, sx->pf_ids, np); /* multi-GPU: this rank's experts */
     if (host_pf && np) expert_store_prefetch(store, nl, sx->pf_ids, np);
 
