@@ -63,10 +63,14 @@
  * stored bf16 (one warning). Values go through f32, which is exact for bf16,
  * f16 and f32 sources; bf16 -> bf16 is therefore bit exact.
  *
- * Invariants: memory holds at most one dense tensor in its stored dtype (or
- * one expert's three stored matrices) plus one read chunk of CHUNK_FLOATS
- * floats; the output depends only on the input files and the params; on any
- * failure the partial output is removed (writer_close(w, 0)).
+ * Invariants: memory holds one block of at most ROW_BLOCK stored rows of a
+ * dense tensor (dense tensors are streamed to the writer block by block,
+ * never held whole: the embedding and lm_head of a large vocabulary are
+ * gigabytes) or one expert's three stored matrices, plus one read chunk of
+ * CHUNK_FLOATS floats; peak memory is therefore independent of the size of
+ * any dense tensor. The output depends only on the input files and the
+ * params; on any failure the partial output is removed (writer_close(w,
+ * 0)).
  */
 #include <cJSON.h>
 #include <math.h>
@@ -84,6 +88,11 @@
 
 /* Rows are read in chunks of at most this many floats (16 MiB). */
 #define CHUNK_FLOATS ((uint64_t)1 << 22)
+
+/* Dense tensors are converted and written ROW_BLOCK rows at a time, and at
+ * most ROW_BLOCK_BYTES (8 MiB) of stored rows, but at least one row. */
+#define ROW_BLOCK 256
+#define ROW_BLOCK_BYTES ((uint64_t)8 << 20)
 
 enum tensor_kind {
     KIND_VECTOR, /* 1-D: f32 */
@@ -220,7 +229,7 @@ int convert_rows(struct conv *cv, const struct st_tensor *t, uint64_t row0,
                 while (c < cols && isfinite(row[c])) c++;
                 return sl_seterr(SL_ERR_FORMAT, "tensor %s: non-finite value "
                                  "(%g) at row %llu, column %llu", what,
-                                 (double)row[c], (unsigned long long)(r + i),
+                                 (double)row[c], (unsigned long long)(row0 + r + i),
                                  (unsigned long long)c);
             }
             quant_row_from_f32(dtype, row, (uint8_t *)out + (r + i) * row_bytes,
@@ -247,7 +256,40 @@ int convert_pick_dtype(struct conv *cv, int want, uint64_t cols,
     return SL_DTYPE_BF16;
 }
 
-/* One dense tensor: checked in pass 1, converted and written in pass 2. */
+/* Makes cv->block hold n bytes. */
+static int block_reserve(struct conv *cv, uint64_t n) {
+    if (cv->block_bytes >= n) return SL_OK;
+    sl_free(cv->block);
+    cv->block = sl_malloc((size_t)n);
+    cv->block_bytes = cv->block ? n : 0;
+    if (!cv->block)
+        return sl_seterr(SL_ERR_NOMEM, "cannot allocate a %llu-byte row block",
+                         (unsigned long long)n);
+    return SL_OK;
+}
+
+/* Rows [row0, row0 + n_rows) of t converted to dtype and appended to the
+ * tensor open in cv->w, a block (ROW_BLOCK) at a time through cv->block;
+ * add_one (f32 only) stores 1 + w. what names t in messages. */
+static int stream_rows(struct conv *cv, const struct st_tensor *t, uint64_t row0,
+                       uint64_t n_rows, int dtype, int add_one, const char *what) {
+    uint64_t cols = st_cols(t), rb = quant_row_bytes(dtype, cols);
+    uint64_t per = ROW_BLOCK_BYTES / rb;
+    per = per < 1 ? 1 : per > ROW_BLOCK ? ROW_BLOCK : per;
+    SL_ASSERT(!add_one || dtype == SL_DTYPE_F32);
+    int rc = block_reserve(cv, (n_rows < per ? n_rows : per) * rb);
+    for (uint64_t r = 0; !rc && r < n_rows; r += per) {
+        uint64_t n = n_rows - r < per ? n_rows - r : per;
+        if ((rc = convert_rows(cv, t, row0 + r, n, dtype, cv->block, what))) break;
+        float *f = (float *)(void *)cv->block;
+        for (uint64_t i = 0; add_one && i < n * cols; i++) f[i] += 1.0f;
+        rc = writer_write_rows(cv->w, cv->block, n);
+    }
+    return rc;
+}
+
+/* One dense tensor: checked in pass 1, converted and written (streamed in
+ * row blocks) in pass 2. */
 static int do_dense(struct conv *cv, const char *name, int kind, uint64_t d0,
                     uint64_t d1) {
     uint64_t dims[2] = {d0, d1};
@@ -259,15 +301,10 @@ static int do_dense(struct conv *cv, const char *name, int kind, uint64_t d0,
                     ? convert_pick_dtype(cv, cv->p.dense_dtype, st_cols(t), name)
                     : SL_DTYPE_F32;
     uint64_t rows = n_dims == 1 ? 1 : d0;
-    uint64_t size = rows * quant_row_bytes(dtype, st_cols(t));
-    void *buf = sl_malloc((size_t)size);
-    if (!buf)
-        return sl_seterr(SL_ERR_NOMEM, "tensor %s: cannot allocate %llu bytes",
-                         name, (unsigned long long)size);
-    rc = convert_rows(cv, t, 0, rows, dtype, buf, name);
-    if (!rc) rc = writer_add_tensor(cv->w, name, dtype, n_dims, dims, buf, size);
-    sl_free(buf);
-    return rc;
+    if ((rc = writer_begin_tensor(cv->w, name, dtype, n_dims, dims)) ||
+        (rc = stream_rows(cv, t, 0, rows, dtype, 0, name)))
+        return rc;
+    return writer_end_tensor(cv->w);
 }
 
 /* deepseek_v3's dense tensors of layer l (names in model.c's
@@ -326,16 +363,12 @@ static int do_dense_as(struct conv *cv, const char *name, int kind, int add_one,
     uint64_t cols = st_cols(t), rows = t->numel / cols;
     int dtype = kind == KIND_MATRIX ? convert_pick_dtype(cv, cv->p.dense_dtype, cols, name)
                                     : SL_DTYPE_F32;
-    uint64_t size = rows * quant_row_bytes(dtype, cols);
-    float *buf = sl_malloc((size_t)size);
-    if (!buf)
-        return sl_seterr(SL_ERR_NOMEM, "tensor %s: cannot allocate %llu bytes", name,
-                         (unsigned long long)size);
-    rc = convert_rows(cv, t, 0, rows, dtype, buf, name);
-    for (uint64_t i = 0; !rc && add_one && i < rows * cols; i++) buf[i] += 1.0f;
-    if (!rc) rc = writer_add_tensor(cv->w, name, dtype, on, od, buf, size);
-    sl_free(buf);
-    return rc;
+    SL_ASSERT(!add_one || dtype == SL_DTYPE_F32);
+    SL_ASSERT(od[on - 1] == cols); /* rows keep their length */
+    if ((rc = writer_begin_tensor(cv->w, name, dtype, on, od)) ||
+        (rc = stream_rows(cv, t, 0, rows, dtype, add_one, name)))
+        return rc;
+    return writer_end_tensor(cv->w);
 }
 
 /* qwen3_next's fused Gated DeltaNet projections, rewritten in qwen3_5's
@@ -343,7 +376,8 @@ static int do_dense_as(struct conv *cv, const char *name, int kind, int add_one,
  * q (k_dim), k (k_dim), v (r * v_dim), z (r * v_dim), r = v_heads /
  * k_heads; in_proj_ba [2 * v_heads, hidden] per key head b (r), a (r).
  * Written: in_proj_qkv [q of all heads | k | v], in_proj_z, in_proj_b and
- * in_proj_a (f32, like the router: they feed exp and sigmoid). */
+ * in_proj_a (f32, like the router: they feed exp and sigmoid), each
+ * streamed in its own row order from the source rows of every key head. */
 static int do_gdn_fused(struct conv *cv, uint32_t l) {
     const struct sl_config *c = &cv->cfg;
     uint64_t h = c->hidden, hk = c->lin_k_dim, hv = c->lin_v_dim, nk = c->lin_k_heads;
@@ -358,36 +392,32 @@ static int do_gdn_fused(struct conv *cv, uint32_t l) {
         cv->pass == 1)
         return rc;
     int dt = convert_pick_dtype(cv, cv->p.dense_dtype, h, qn);
-    uint64_t rb = quant_row_bytes(dt, h), fb = h * sizeof(float);
-    uint8_t *qkv = sl_malloc((size_t)((2 * kd + vd) * rb)), *z = sl_malloc((size_t)(vd * rb));
-    uint8_t *b = sl_malloc((size_t)(nv * fb)), *a = sl_malloc((size_t)(nv * fb));
-    rc = qkv && z && b && a ? SL_OK
-                            : sl_seterr(SL_ERR_NOMEM, "layer %u: out of memory", l);
-    for (uint64_t g = 0; g < nk && !rc; g++) {
-        uint64_t s = g * (2 * hk + 2 * r * hv), sb = g * 2 * r;
-        if ((rc = convert_rows(cv, tq, s, hk, dt, qkv + g * hk * rb, qn)) ||
-            (rc = convert_rows(cv, tq, s + hk, hk, dt, qkv + (kd + g * hk) * rb, qn)) ||
-            (rc = convert_rows(cv, tq, s + 2 * hk, r * hv, dt,
-                               qkv + (2 * kd + g * r * hv) * rb, qn)) ||
-            (rc = convert_rows(cv, tq, s + 2 * hk + r * hv, r * hv, dt, z + g * r * hv * rb,
-                               qn)) ||
-            (rc = convert_rows(cv, tb, sb, r, SL_DTYPE_F32, b + g * r * fb, bn)) ||
-            (rc = convert_rows(cv, tb, sb + r, r, SL_DTYPE_F32, a + g * r * fb, bn)))
-            break;
-    }
     uint64_t d1[2] = {2 * kd + vd, h}, d2[2] = {vd, h}, d3[2] = {nv, h};
-#define W(suffix, dtype, dims, buf, size)                                              \
-    (snprintf(n, sizeof n, "model.layers.%u.linear_attn." suffix, l),                 \
-     writer_add_tensor(cv->w, n, dtype, 2, dims, buf, size))
-    if (!rc && !(rc = W("in_proj_qkv.weight", dt, d1, qkv, d1[0] * rb)) &&
-        !(rc = W("in_proj_z.weight", dt, d2, z, vd * rb)) &&
-        !(rc = W("in_proj_b.weight", SL_DTYPE_F32, d3, b, nv * fb)))
-        rc = W("in_proj_a.weight", SL_DTYPE_F32, d3, a, nv * fb);
-#undef W
-    sl_free(qkv);
-    sl_free(z);
-    sl_free(b);
-    sl_free(a);
+    /* Output rows in order; source row of part (q, k, v, z) of key head g:
+     * g * (2 * hk + 2 * r * hv) + off[part]. */
+    const uint64_t off[4] = {0, hk, 2 * hk, 2 * hk + r * hv};
+    const uint64_t len[4] = {hk, hk, r * hv, r * hv};
+    snprintf(n, sizeof n, "model.layers.%u.linear_attn.in_proj_qkv.weight", l);
+    rc = writer_begin_tensor(cv->w, n, dt, 2, d1);
+    for (int p = 0; p < 4 && !rc; p++) {
+        if (p == 3) { /* z: its own tensor */
+            snprintf(n, sizeof n, "model.layers.%u.linear_attn.in_proj_z.weight", l);
+            if ((rc = writer_end_tensor(cv->w)) ||
+                (rc = writer_begin_tensor(cv->w, n, dt, 2, d2)))
+                break;
+        }
+        for (uint64_t g = 0; g < nk && !rc; g++)
+            rc = stream_rows(cv, tq, g * (2 * hk + 2 * r * hv) + off[p], len[p], dt, 0, qn);
+    }
+    if (!rc) rc = writer_end_tensor(cv->w);
+    /* in_proj_b, then in_proj_a: per key head g, rows g * 2r + {0, r} of ba. */
+    for (int p = 0; p < 2 && !rc; p++) {
+        snprintf(n, sizeof n, "model.layers.%u.linear_attn.in_proj_%c.weight", l, "ba"[p]);
+        rc = writer_begin_tensor(cv->w, n, SL_DTYPE_F32, 2, d3);
+        for (uint64_t g = 0; g < nk && !rc; g++)
+            rc = stream_rows(cv, tb, g * 2 * r + (uint64_t)p * r, r, SL_DTYPE_F32, 0, bn);
+        if (!rc) rc = writer_end_tensor(cv->w);
+    }
     return rc;
 }
 
@@ -851,6 +881,7 @@ int sl_convert(const char *hf_dir, const char *out_path,
     sl_free(cv.used);
     sl_free((void *)cv.fp8_scale);
     sl_free(cv.chunk);
+    sl_free(cv.block);
     sl_free(manifest);
     sl_free(tok);
     sl_free(tokcfg);

@@ -36,6 +36,9 @@ struct conv {
     uint8_t *used;               /* (st_count) tensor consumed by the model */
     float *chunk;                /* (CHUNK_FLOATS or one row) read buffer */
     uint64_t chunk_floats;
+    uint8_t *block;              /* (at most ROW_BLOCK rows) stored rows of
+                                    the dense tensor being streamed */
+    uint64_t block_bytes;
     uint64_t total, done;        /* elements to convert / converted */
     double last_draw;
     const char *stage;           /* progress label */
@@ -81,8 +84,9 @@ int convert_expect(struct conv *cv, const char *name, int n_dims,
  * dtype into out (n_rows * quant_row_bytes(dtype, cols) bytes, caller's),
  * reading a chunk of cv->chunk at a time and applying an FP8 scale_inv
  * when t has one. dtype must fit cols (convert_pick_dtype). A non-finite
- * value is SL_ERR_FORMAT naming what, the row and the column. Advances
- * cv->done and the progress bar. Pass 2 only. */
+ * value is SL_ERR_FORMAT naming what, the row (of t, counted from 0, not
+ * from row0) and the column. Advances cv->done and the progress bar. Pass
+ * 2 only. */
 int convert_rows(struct conv *cv, const struct st_tensor *t, uint64_t row0,
                  uint64_t n_rows, int dtype, void *out, const char *what);
 

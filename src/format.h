@@ -118,6 +118,19 @@ int writer_set_section(struct sl_writer *w, int kind, const void *data,
 int writer_add_tensor(struct sl_writer *w, const char *name, int dtype,
                       int n_dims, const uint64_t *dims, const void *data,
                       uint64_t size);
+/* The same tensor streamed in row blocks, so that no caller needs it whole
+ * in memory: writer_begin_tensor checks what writer_add_tensor checks
+ * (name, dtype, shape; before any expert record; no duplicate) and opens
+ * it; writer_write_rows appends n_rows rows (n_rows * row_bytes bytes of
+ * the stored dtype; a row is the last dimension) and refuses more rows
+ * than the shape holds; writer_end_tensor commits it once every row is
+ * written. The file is byte-identical to one writer_add_tensor call. While
+ * a tensor is open every other add/begin call is SL_ERR_ARG, and
+ * writer_close(w, 1) fails and removes the file. */
+int writer_begin_tensor(struct sl_writer *w, const char *name, int dtype,
+                        int n_dims, const uint64_t *dims);
+int writer_write_rows(struct sl_writer *w, const void *data, uint64_t n_rows);
+int writer_end_tensor(struct sl_writer *w);
 /* Declares the expert layout of a layer before its records are written. The
  * offsets and sizes in parts are computed by the writer from dtype, rows and
  * cols (parts[i].offset/size are ignored on input). Layers may be declared in

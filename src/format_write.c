@@ -7,9 +7,13 @@
  * zero, tables are sorted, no timestamps), written to PATH.tmp and renamed
  * to PATH only by a successful writer_close; any failure (or
  * writer_close(w, 0)) removes PATH.tmp. It holds only the tables in memory,
- * never tensor data. Every write is checked: short writes are retried, an
- * error (ENOSPC, EFBIG, EIO) makes the writer fail for good with
- * SL_ERR_IO and the OS message.
+ * never tensor data: a dense tensor may be streamed in row blocks
+ * (writer_begin_tensor / writer_write_rows / writer_end_tensor), and the
+ * section hashes are running hashes over the bytes in file order, so the
+ * file is the same whether a tensor came in one call or in many. While a
+ * tensor is open nothing else may be written. Every write is checked:
+ * short writes are retried, an error (ENOSPC, EFBIG, EIO) makes the writer
+ * fail for good with SL_ERR_IO and the OS message.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -42,7 +46,11 @@ struct sl_writer {
     uint64_t hash;            /* running fnv1a64 of the current data region */
     int in_experts;           /* 1 after the first expert record */
     uint64_t dense_end, dense_hash, expert_start;
-    struct wtensor *tensors;  /* (n_tensors) in add order */
+    struct wtensor *tensors;  /* (n_tensors) in add order, plus the open
+                                 tensor at [n_tensors] while open */
+    int open;                 /* 1 between writer_begin_tensor and _end */
+    uint64_t open_row_bytes;  /* the open tensor's stored bytes per row */
+    uint64_t open_rows, open_done; /* its rows: in all, written so far */
     uint32_t n_tensors, cap_tensors;
     uint32_t *name_set;       /* open addressing: tensor index + 1, 0 = empty */
     uint32_t set_cap;         /* power of two, > 2 * n_tensors */
@@ -185,11 +193,18 @@ static int grow_tensors(struct sl_writer *w) {
     return SL_OK;
 }
 
-int writer_add_tensor(struct sl_writer *w, const char *name, int dtype, int n_dims,
-                      const uint64_t *dims, const void *data, uint64_t size) {
-    if (!w || !name || !dims || !data)
-        return sl_seterr(SL_ERR_ARG, "writer_add_tensor: NULL argument");
-    if (w->failed) return sl_seterr(w->failed, "%s: writer already failed", w->path);
+/* Refuses a write while a streamed tensor is open (what names the call). */
+static int check_not_open(const struct sl_writer *w, const char *what) {
+    if (!w->open) return SL_OK;
+    return sl_seterr(SL_ERR_ARG, "%s: %s while tensor %s is open (%" PRIu64 " of %" PRIu64
+                     " rows written; call writer_end_tensor first)", w->path, what,
+                     w->tensors[w->n_tensors].name, w->open_done, w->open_rows);
+}
+
+/* Every check of a new dense tensor except the duplicate name; *size is
+ * its stored byte count. */
+static int check_tensor(const struct sl_writer *w, const char *name, int dtype, int n_dims,
+                        const uint64_t *dims, uint64_t *size) {
     size_t len = strlen(name);
     if (len == 0 || len > SL_MAX_NAME)
         return sl_seterr(SL_ERR_ARG, "%s: tensor name of %zu bytes (expected 1..%d)", w->path,
@@ -208,17 +223,20 @@ int writer_add_tensor(struct sl_writer *w, const char *name, int dtype, int n_di
         if (dims[i] == 0)
             return sl_seterr(SL_ERR_ARG, "%s: tensor %s: zero dimension in %s", w->path, name,
                              shape);
-    uint64_t want;
     if (!quant_dtype_fits(dtype, dims[n_dims - 1]))
         return sl_seterr(SL_ERR_ARG, "%s: tensor %s: dtype %s cannot store rows of %" PRIu64
                          " columns (quantized dtypes need a multiple of %d)", w->path, name,
                          sl_dtype_name(dtype), dims[n_dims - 1], SL_QBLOCK);
-    if (!shape_size(dtype, n_dims, dims, &want))
+    if (!shape_size(dtype, n_dims, dims, size))
         return sl_seterr(SL_ERR_ARG, "%s: tensor %s: shape %s overflows", w->path, name, shape);
-    if (want != size)
-        return sl_seterr(SL_ERR_ARG, "%s: tensor %s: size %" PRIu64 " does not match dtype %s "
-                         "shape %s (expected %" PRIu64 ")", w->path, name, size,
-                         sl_dtype_name(dtype), shape, want);
+    return SL_OK;
+}
+
+/* Opens a checked tensor: refuses a duplicate name, pads to its aligned
+ * offset and fills the slot at tensors[n_tensors], which writer_end_tensor
+ * then commits. */
+static int open_tensor(struct sl_writer *w, const char *name, int dtype, int n_dims,
+                       const uint64_t *dims, uint64_t size) {
     if (w->set_cap && w->name_set[name_slot(w, name)])
         return sl_seterr(SL_ERR_ARG, "%s: duplicate tensor name %s", w->path, name);
     int st = grow_tensors(w);
@@ -227,17 +245,83 @@ int writer_add_tensor(struct sl_writer *w, const char *name, int dtype, int n_di
     if (st) return st;
     struct wtensor *t = &w->tensors[w->n_tensors];
     memset(t, 0, sizeof *t);
-    memcpy(t->name, name, len + 1);
+    memcpy(t->name, name, strlen(name) + 1);
     t->dtype = dtype;
     t->n_dims = n_dims;
     memcpy(t->dims, dims, (size_t)n_dims * sizeof *dims);
     t->offset = w->pos;
     t->size = size;
-    st = wwrite(w, data, size);
+    w->open = 1;
+    w->open_row_bytes = quant_row_bytes(dtype, dims[n_dims - 1]);
+    w->open_rows = size / w->open_row_bytes;
+    w->open_done = 0;
+    return SL_OK;
+}
+
+int writer_begin_tensor(struct sl_writer *w, const char *name, int dtype, int n_dims,
+                        const uint64_t *dims) {
+    if (!w || !name || !dims) return sl_seterr(SL_ERR_ARG, "writer_begin_tensor: NULL argument");
+    if (w->failed) return sl_seterr(w->failed, "%s: writer already failed", w->path);
+    uint64_t size;
+    int st = check_not_open(w, "writer_begin_tensor");
+    if (!st) st = check_tensor(w, name, dtype, n_dims, dims, &size);
+    if (!st) st = open_tensor(w, name, dtype, n_dims, dims, size);
+    return st;
+}
+
+int writer_write_rows(struct sl_writer *w, const void *data, uint64_t n_rows) {
+    if (!w || (!data && n_rows))
+        return sl_seterr(SL_ERR_ARG, "writer_write_rows: NULL argument");
+    if (w->failed) return sl_seterr(w->failed, "%s: writer already failed", w->path);
+    if (!w->open)
+        return sl_seterr(SL_ERR_ARG, "%s: writer_write_rows with no open tensor (call "
+                         "writer_begin_tensor first)", w->path);
+    const char *name = w->tensors[w->n_tensors].name;
+    if (n_rows > w->open_rows - w->open_done)
+        return sl_seterr(SL_ERR_ARG, "%s: tensor %s: %" PRIu64 " more rows would exceed its %"
+                         PRIu64 " (%" PRIu64 " written)", w->path, name, n_rows, w->open_rows,
+                         w->open_done);
+    int st = wwrite(w, data, n_rows * w->open_row_bytes);
     if (st) return st;
+    w->open_done += n_rows;
+    return SL_OK;
+}
+
+int writer_end_tensor(struct sl_writer *w) {
+    if (!w) return sl_seterr(SL_ERR_ARG, "writer_end_tensor: NULL argument");
+    if (w->failed) return sl_seterr(w->failed, "%s: writer already failed", w->path);
+    if (!w->open)
+        return sl_seterr(SL_ERR_ARG, "%s: writer_end_tensor with no open tensor", w->path);
+    const char *name = w->tensors[w->n_tensors].name;
+    if (w->open_done != w->open_rows)
+        return sl_seterr(SL_ERR_ARG, "%s: tensor %s: only %" PRIu64 " of %" PRIu64 " rows "
+                         "written", w->path, name, w->open_done, w->open_rows);
+    w->open = 0;
     w->n_tensors++;
     w->name_set[name_slot(w, name)] = w->n_tensors;
     return SL_OK;
+}
+
+int writer_add_tensor(struct sl_writer *w, const char *name, int dtype, int n_dims,
+                      const uint64_t *dims, const void *data, uint64_t size) {
+    if (!w || !name || !dims || !data)
+        return sl_seterr(SL_ERR_ARG, "writer_add_tensor: NULL argument");
+    if (w->failed) return sl_seterr(w->failed, "%s: writer already failed", w->path);
+    uint64_t want;
+    int st = check_not_open(w, "writer_add_tensor");
+    if (!st) st = check_tensor(w, name, dtype, n_dims, dims, &want);
+    if (st) return st;
+    if (want != size) {
+        char shape[128];
+        shape_str(shape, sizeof shape, n_dims, dims);
+        return sl_seterr(SL_ERR_ARG, "%s: tensor %s: size %" PRIu64 " does not match dtype %s "
+                         "shape %s (expected %" PRIu64 ")", w->path, name, size,
+                         sl_dtype_name(dtype), shape, want);
+    }
+    if ((st = open_tensor(w, name, dtype, n_dims, dims, size)) ||
+        (st = writer_write_rows(w, data, w->open_rows)))
+        return st;
+    return writer_end_tensor(w);
 }
 
 static struct wlayer *find_layer(struct sl_writer *w, uint32_t layer) {
@@ -251,6 +335,7 @@ int writer_begin_experts(struct sl_writer *w, uint32_t layer, uint32_t n_experts
     static const char *names[3] = {"gate", "up", "down"};
     if (!w || !parts) return sl_seterr(SL_ERR_ARG, "writer_begin_experts: NULL argument");
     if (w->failed) return sl_seterr(w->failed, "%s: writer already failed", w->path);
+    if (w->open) return check_not_open(w, "writer_begin_experts");
     if (layer > MAX_LAYER)
         return sl_seterr(SL_ERR_ARG, "%s: layer index %u exceeds %u", w->path, layer, MAX_LAYER);
     if (find_layer(w, layer))
@@ -301,6 +386,7 @@ int writer_add_expert(struct sl_writer *w, uint32_t layer, uint32_t expert,
     if (!w || !data || !data[0] || !data[1] || !data[2])
         return sl_seterr(SL_ERR_ARG, "writer_add_expert: NULL argument");
     if (w->failed) return sl_seterr(w->failed, "%s: writer already failed", w->path);
+    if (w->open) return check_not_open(w, "writer_add_expert");
     struct wlayer *wl = find_layer(w, layer);
     if (!wl)
         return sl_seterr(SL_ERR_ARG, "%s: expert %u of layer %u: layer not declared with "
@@ -408,6 +494,10 @@ static int write_tables(struct sl_writer *w, struct section *sec, uint32_t *n_se
 }
 
 static int finish(struct sl_writer *w) {
+    if (w->open)
+        return wfail(w, SL_ERR_ARG, "tensor %s: only %" PRIu64 " of %" PRIu64 " rows were "
+                     "written (writer_end_tensor not called)", w->tensors[w->n_tensors].name,
+                     w->open_done, w->open_rows);
     for (uint32_t i = 0; i < w->n_layers; i++)
         if (w->layers[i].n_written != w->layers[i].l.n_experts)
             return wfail(w, SL_ERR_ARG, "layer %u: only %u of %u experts were written",
