@@ -113,22 +113,7 @@ TEST(cuda_mla) { TEST_SKIP("built without CUDA (NO_CUDA=1 or no nvcc): GPU tests
 #include "moe_route.h"
 #include "quant.h"
 
-static int have_gpu(void) {
-    static int cached = -1;
-    static char why[512];
-    if (cached < 0) {
-        char d[256];
-        cached = cuda_probe(d, sizeof d) == SL_OK;
-        if (cached) printf("  device: %s\n", d);
-        else snprintf(why, sizeof why, "%s", sl_errmsg());
-    }
-    if (!cached) fprintf(stderr, "  (no GPU: %s)\n", why);
-    return cached;
-}
-#define NEED_GPU()                                                    \
-    do {                                                              \
-        if (!have_gpu()) TEST_SKIP("no usable CUDA device");          \
-    } while (0)
+#include "cuda_test.h" /* have_gpu, NEED_GPU */
 
 static uint64_t rng = 0x9e3779b97f4a7c15ull;
 static float frand(void) { /* uniform in [-1, 1) */

@@ -318,18 +318,7 @@ TEST(cuda_stream) { TEST_SKIP("built without CUDA (NO_CUDA=1 or no nvcc): GPU te
 
 #include "cuda/cuda.h"
 
-static int have_gpu(void) {
-    static int cached = -1;
-    static char why[512];
-    if (cached < 0) {
-        char d[256];
-        cached = cuda_probe(d, sizeof d) == SL_OK;
-        if (cached) printf("  device: %s\n", d);
-        else snprintf(why, sizeof why, "%s", sl_errmsg());
-    }
-    if (!cached) fprintf(stderr, "  (no GPU: %s)\n", why);
-    return cached;
-}
+#include "cuda_test.h" /* have_gpu */
 
 /* One configuration of a run. */
 struct conf {
