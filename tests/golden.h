@@ -3,7 +3,8 @@
  * reading a fixture directory written by tests/gen/ (config.json,
  * generated.json, logits.f32), converting it to a temporary .sluice and
  * opening it, converting a copy with one config.json edit, cosine / argmax, the per-position cosine statistics, the
- * greedy-prefix and token-by-token loops, listing fixture directories.
+ * greedy-prefix and token-by-token loops, a prompt + greedy run on a fresh
+ * context, listing fixture directories.
  *
  * What it is not: a test harness (that is test.h) nor a place for
  * assertions; every helper reports through its return value and the caller
@@ -208,6 +209,33 @@ GOLDEN_UNUSED static int32_t golden_argmax(const float *x, size_t n) {
     for (size_t i = 1; i < n; i++)
         if (x[i] > x[best]) best = i;
     return (int32_t)best;
+}
+
+/* A fresh context on m (n_batch 0 = the default): the prompt (n_prompt
+ * ids, chunks of n_batch) with every position's logits into all
+ * (n_prompt, V), then n_gen greedy steps (their tokens into gen, their
+ * logits into steps (n_gen, V) when not NULL). Nonzero on success; a
+ * failure is printed to stderr. */
+GOLDEN_UNUSED static int golden_run_seq(struct sl_model *m, uint32_t n_batch,
+                                        const int32_t *prompt, int n_prompt, size_t V,
+                                        float *all, int n_gen, int32_t *gen, float *steps) {
+    struct sl_context *ctx;
+    struct sl_context_params cp = sl_context_default_params();
+    if (n_batch) cp.n_batch = n_batch;
+    if (sl_context_create(m, &cp, &ctx) != SL_OK) {
+        fprintf(stderr, "    context: %s\n", sl_errmsg());
+        return 0;
+    }
+    int ok = sl_eval(ctx, prompt, (size_t)n_prompt, all) == SL_OK;
+    for (int g = 0; ok && g < n_gen; g++) {
+        const float *l = sl_logits(ctx);
+        gen[g] = golden_argmax(l, V);
+        if (steps) memcpy(steps + (size_t)g * V, l, V * sizeof(float));
+        if (g + 1 < n_gen) ok = sl_eval(ctx, &gen[g], 1, NULL) == SL_OK;
+    }
+    if (!ok) fprintf(stderr, "    sl_eval: %s\n", sl_errmsg());
+    sl_context_free(ctx);
+    return ok;
 }
 
 /* Min and mean cosine of the rows of all (n_rows, V) against ref

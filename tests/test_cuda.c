@@ -154,23 +154,7 @@ __attribute__((unused)) static struct sl_model *open_dev(const char *path, int d
  * not NULL). Returns nonzero on success. */
 static int run_seq(struct sl_model *m, const struct fixture *fx, float *all, int n_gen,
                    int32_t *gen, float *steps) {
-    struct sl_context *ctx;
-    struct sl_context_params cp = sl_context_default_params();
-    if (sl_context_create(m, &cp, &ctx) != SL_OK) {
-        fprintf(stderr, "    context: %s\n", sl_errmsg());
-        return 0;
-    }
-    size_t V = fx->n_vocab;
-    int ok = sl_eval(ctx, fx->prompt, N_PROMPT, all) == SL_OK;
-    for (int g = 0; ok && g < n_gen; g++) {
-        const float *l = sl_logits(ctx);
-        gen[g] = golden_argmax(l, V);
-        if (steps) memcpy(steps + (size_t)g * V, l, V * sizeof(float));
-        if (g + 1 < n_gen) ok = sl_eval(ctx, &gen[g], 1, NULL) == SL_OK;
-    }
-    if (!ok) fprintf(stderr, "    sl_eval: %s\n", sl_errmsg());
-    sl_context_free(ctx);
-    return ok;
+    return golden_run_seq(m, 0, fx->prompt, N_PROMPT, fx->n_vocab, all, n_gen, gen, steps);
 }
 
 /* ---- without the GPU: the error contract ---------------------------------- */
