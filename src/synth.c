@@ -12,8 +12,14 @@
  * sizes and prove the file opens).
  *
  * Invariants: every row of every tensor is a pure function of (seed, tensor
- * name, row index); nothing depends on thread timing or count. At most one
- * dense tensor or one batch of experts is in memory.
+ * name, row index); nothing depends on thread timing or count. Memory is
+ * bounded whatever the model's size: every dense tensor is drawn and
+ * written in blocks of at most SYNTH_BLOCK_ROWS rows and SYNTH_BLOCK_BYTES
+ * bytes (writer_begin_tensor / writer_write_rows / writer_end_tensor; the
+ * file is byte-identical to whole-tensor writes), and experts in batches of
+ * at most SYNTH_BATCH_BYTES. The one whole matrix is a router in f32
+ * (n_experts x hidden, needed by the skew fit), plus the fit's simulated
+ * logits (at most 65536 tokens x n_experts f32).
  */
 #include "synth.h"
 #include "synth_impl.h"
@@ -98,11 +104,13 @@ static void gen_row(float *dst, uint64_t cols, uint64_t tseed, uint64_t row,
 
 /* ---- parallel row fill ------------------------------------------------- */
 
-/* One matrix to draw and store: rows x cols, each row mean + std * N(0,1),
- * stored row by row in dtype at out (rows * quant_row_bytes bytes). */
+/* Rows row0 .. row0 + rows - 1 of one matrix to draw and store: cols
+ * values each, row r = mean + std * N(0,1) from the stream (seed, r),
+ * stored row by row in dtype at out (rows * quant_row_bytes bytes; row r at
+ * out + (r - row0) * row bytes). */
 struct mat_task {
     uint64_t seed;
-    uint64_t rows, cols;
+    uint64_t row0, rows, cols;
     float mean, std;
     int dtype;
     uint8_t *out;
@@ -142,7 +150,7 @@ static void *fill_worker(void *arg) {
         if (r1 > m->rows) r1 = m->rows;
         uint64_t rb = quant_row_bytes(m->dtype, m->cols);
         for (uint64_t r = r0; r < r1; r++) {
-            gen_row(row, m->cols, m->seed, r, m->mean, m->std);
+            gen_row(row, m->cols, m->seed, m->row0 + r, m->mean, m->std);
             quant_row_from_f32(m->dtype, row, m->out + r * rb, m->cols);
         }
     }
@@ -456,18 +464,40 @@ done:
 
 /* struct synth_state: synth_impl.h. */
 
+/* A dense tensor goes to the writer in blocks of at most SYNTH_BLOCK_ROWS
+ * rows and SYNTH_BLOCK_BYTES stored bytes (at least one row), so that no
+ * tensor is ever whole in memory; the bytes are those of one whole-tensor
+ * write (format.h). */
+#define SYNTH_BLOCK_ROWS 1024
+#define SYNTH_BLOCK_BYTES ((uint64_t)8 << 20)
+
+/* Rows per block for rows of rb stored bytes, of a tensor of `rows` rows. */
+static uint64_t block_rows(uint64_t rb, uint64_t rows) {
+    uint64_t per = SYNTH_BLOCK_BYTES / rb;
+    if (per > SYNTH_BLOCK_ROWS) per = SYNTH_BLOCK_ROWS;
+    if (per > rows) per = rows;
+    return per < 1 ? 1 : per;
+}
+
 int synth_put_matrix(struct synth_state *s, const char *name, int dtype,
                      uint64_t rows, uint64_t cols, float mean, float std) {
-    uint64_t rb = quant_row_bytes(dtype, cols), size = rows * rb;
-    uint8_t *buf = sl_malloc((size_t)size); /* (rows, row bytes) */
+    uint64_t rb = quant_row_bytes(dtype, cols), per = block_rows(rb, rows);
+    uint8_t *buf = sl_malloc((size_t)(per * rb)); /* (per, row bytes) */
     if (!buf)
         return sl_seterr(SL_ERR_NOMEM, "synth: cannot allocate %llu bytes for"
-                         " %s", (unsigned long long)size, name);
-    struct mat_task t = {seed_of_name(s->p->seed, name), rows, cols, mean, std,
-                         dtype, buf};
-    int rc = fill_tasks(&t, 1, s->n_threads);
+                         " a block of %s", (unsigned long long)(per * rb),
+                         name);
+    struct mat_task t = {.seed = seed_of_name(s->p->seed, name), .cols = cols,
+                         .mean = mean, .std = std, .dtype = dtype, .out = buf};
     uint64_t dims[2] = {rows, cols};
-    if (!rc) rc = writer_add_tensor(s->w, name, dtype, 2, dims, buf, size);
+    int rc = writer_begin_tensor(s->w, name, dtype, 2, dims);
+    for (uint64_t r = 0; !rc && r < rows; r += per) {
+        t.row0 = r;
+        t.rows = rows - r < per ? rows - r : per;
+        if (!(rc = fill_tasks(&t, 1, s->n_threads)))
+            rc = writer_write_rows(s->w, buf, t.rows);
+    }
+    if (!rc) rc = writer_end_tensor(s->w);
     sl_free(buf);
     return rc;
 }
@@ -484,8 +514,9 @@ int synth_put_vector(struct synth_state *s, const char *name, uint64_t n,
     if (!v) return sl_seterr(SL_ERR_NOMEM, "synth: out of memory for %s", name);
     gen_row(v, n, seed_of_name(s->p->seed, name), 0, mean, std);
     uint64_t dims[1] = {n};
-    int rc = writer_add_tensor(s->w, name, SL_DTYPE_F32, 1, dims, v,
-                               n * sizeof *v);
+    int rc = writer_begin_tensor(s->w, name, SL_DTYPE_F32, 1, dims);
+    if (!rc) rc = writer_write_rows(s->w, v, 1); /* 1-D: one row of n */
+    if (!rc) rc = writer_end_tensor(s->w);
     sl_free(v);
     return rc;
 }
@@ -501,16 +532,19 @@ int synth_put_router(struct synth_state *s, uint32_t l, const char *name) {
     const struct sl_config *c = &s->c;
     uint32_t E = c->n_experts, H = c->hidden;
     int dtype = s->p->dense_dtype;
-    uint64_t rb = quant_row_bytes(dtype, H);
+    uint64_t rb = quant_row_bytes(dtype, H), per = block_rows(rb, E);
+    /* The fit needs every row in f32 (E * H * 4 bytes: 8.4 MB for a17b's
+     * 512 x 4096); the stored rows stream out in blocks. */
     float *r = sl_malloc((size_t)E * H * sizeof *r); /* (E, H) */
-    uint8_t *q = sl_malloc((size_t)(E * rb));        /* (E, row bytes) */
+    uint8_t *q = sl_malloc((size_t)(per * rb));      /* (per, row bytes) */
     int rc = SL_OK;
     if (!r || !q) {
         rc = sl_seterr(SL_ERR_NOMEM, "synth: out of memory for %s", name);
         goto done;
     }
-    struct mat_task t = {seed_of_name(s->p->seed, name), E, H, 0.0f, 1.0f,
-                         SL_DTYPE_F32, (uint8_t *)r};
+    struct mat_task t = {.seed = seed_of_name(s->p->seed, name), .rows = E,
+                         .cols = H, .std = 1.0f, .dtype = SL_DTYPE_F32,
+                         .out = (uint8_t *)r};
     if ((rc = fill_tasks(&t, 1, s->n_threads))) goto done;
     for (uint32_t e = 0; e < E; e++) {
         double ss = 0;
@@ -524,10 +558,15 @@ int synth_put_router(struct synth_state *s, uint32_t l, const char *name) {
     if ((rc = fit_router(&p, l, r, s->n_threads, &s->sigma[l], &s->target[l],
                          &s->stats[l])))
         goto done;
-    for (uint32_t e = 0; e < E; e++)
-        quant_row_from_f32(dtype, r + (size_t)e * H, q + e * rb, H);
     uint64_t dims[2] = {E, H};
-    rc = writer_add_tensor(s->w, name, dtype, 2, dims, q, E * rb);
+    rc = writer_begin_tensor(s->w, name, dtype, 2, dims);
+    for (uint64_t e0 = 0; !rc && e0 < E; e0 += per) {
+        uint64_t n = E - e0 < per ? E - e0 : per;
+        for (uint64_t e = 0; e < n; e++)
+            quant_row_from_f32(dtype, r + (size_t)(e0 + e) * H, q + e * rb, H);
+        rc = writer_write_rows(s->w, q, n);
+    }
+    if (!rc) rc = writer_end_tensor(s->w);
     if (!rc && s->p->progress) {
         const struct synth_route_stats *st = &s->stats[l];
         float want = synth_layer_target(&p, l);
@@ -604,6 +643,9 @@ static void expert_parts(const struct synth_state *s,
     }
 }
 
+/* Bytes of expert records drawn at once (s->batch is capped by it). */
+#define SYNTH_BATCH_BYTES ((uint64_t)64 << 20)
+
 /* The records of layer l, in batches of s->batch experts drawn in
  * parallel and appended in expert order. */
 static int write_experts(struct synth_state *s, uint32_t l) {
@@ -626,9 +668,10 @@ static int write_experts(struct synth_state *s, uint32_t l) {
                 snprintf(n, sizeof n, "model.layers.%u.mlp.experts.%u.%s."
                          "weight", l, e0 + b, part_names[i]);
                 tasks[3 * b + i] = (struct mat_task){
-                    seed_of_name(s->p->seed, n), parts[i].rows, parts[i].cols,
-                    0.0f, 1.0f / sqrtf((float)parts[i].cols), parts[i].dtype,
-                    s->slot[i] + b * psize[i]};
+                    .seed = seed_of_name(s->p->seed, n),
+                    .rows = parts[i].rows, .cols = parts[i].cols,
+                    .std = 1.0f / sqrtf((float)parts[i].cols),
+                    .dtype = parts[i].dtype, .out = s->slot[i] + b * psize[i]};
             }
         if ((rc = fill_tasks(tasks, (int)(3 * nb), s->n_threads))) return rc;
         for (uint32_t b = 0; b < nb; b++) {
@@ -752,6 +795,14 @@ int synth_write(const struct synth_params *p, const char *out_path,
     if (s.batch > s.c.n_experts) s.batch = s.c.n_experts;
     struct sl_expert_part parts[3];
     expert_parts(&s, parts);
+    /* At most SYNTH_BATCH_BYTES of expert records at a time (one record at
+     * least): a record's 3 parts already give every thread work. */
+    uint64_t rec = 0;
+    for (int i = 0; i < 3; i++)
+        rec += parts[i].rows * quant_row_bytes(parts[i].dtype, parts[i].cols);
+    if ((uint64_t)s.batch * rec > SYNTH_BATCH_BYTES)
+        s.batch = rec >= SYNTH_BATCH_BYTES
+                      ? 1 : (uint32_t)(SYNTH_BATCH_BYTES / rec);
     s.stats = sl_calloc(L, sizeof *s.stats);
     s.sigma = sl_calloc(L, sizeof *s.sigma);
     s.target = sl_calloc(L, sizeof *s.target);

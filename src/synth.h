@@ -16,8 +16,11 @@
  *     number of threads. Every tensor row is drawn from its own PRNG stream,
  *     seeded from (seed, tensor name, row), so generation order and thread
  *     split do not matter.
- *   - Bounded memory: one dense tensor, or one batch of n_threads experts, in
- *     memory at a time (the largest dense tensor is the embedding).
+ *   - Bounded memory: dense tensors stream to the file in row blocks of at
+ *     most 8 MiB, experts in batches of at most 64 MiB; the largest whole
+ *     buffers are one router in f32 (n_experts x hidden) and its fit's
+ *     simulated logits, so peak memory does not grow with the vocabulary
+ *     nor with the number of layers.
  *   - Routing skew (docs/synth.md): router row e of layer l is a random unit
  *     vector scaled by s_e = exp(sigma_l * z_e), z_e a permuted normal
  *     quantile; sigma_l is fitted by bisection so that routing Gaussian

@@ -9,7 +9,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "config.h"
@@ -196,8 +198,8 @@ static void check_model(const char *path, const struct synth_params *p,
     CHECK_EQ_INT(f.n_expert_layers, w->n_layers);
 
     /* Scales: embedding unit RMS, projections 1/sqrt(fan_in). */
-    const struct sl_tensor_info *t = file_find_tensor(&f,
-                                                      "model.embed_tokens.weight");
+    const struct sl_tensor_info *t =
+        file_find_tensor(&f, "model.embed_tokens.weight");
     if (t) CHECK_NEAR(tensor_mean_square(&f, t), 1.0, 0.05);
     t = file_find_tensor(&f, "model.layers.0.self_attn.o_proj.weight");
     if (t) CHECK_NEAR(tensor_mean_square(&f, t) * qd, 1.0, 0.1);
@@ -748,6 +750,77 @@ TEST(test_hybrid_bad_params) {
     p = tiny_hybrid();
     snprintf(p.cfg.model_type, sizeof p.cfg.model_type, "qwen3_next");
     expect_bad(&p, path, SL_ERR_UNSUPPORTED, "qwen3_next");
+}
+
+/* ---- bounded memory ---------------------------------------------------- */
+
+TEST(test_stream_memory) {
+    /* A 327.7 MB f32 embedding (80000 x 1024) is written in row blocks
+     * (src/synth.c, SYNTH_BLOCK_BYTES): the writing child's peak RSS stays
+     * far below the tensor. Before streaming it held the tensor whole. */
+    enum { V = 80000, HB = 1024, RSS_BOUND_MB = 150 };
+    struct synth_params p = tiny();
+    p.cfg.n_vocab = V;
+    p.cfg.hidden = HB;
+    p.cfg.tie_embeddings = 1;
+    p.dense_dtype = SL_DTYPE_F32;
+    const char *path = tmp_path("big.sluice");
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid == 0) {
+        int rc = synth_write(&p, path, NULL);
+        if (rc) fprintf(stderr, "synth_write: %s\n", sl_errmsg());
+        _exit(rc ? 1 : 0);
+    }
+    CHECK(pid > 0);
+    if (pid <= 0) return;
+    int status = 0;
+    struct rusage ru;
+    memset(&ru, 0, sizeof ru);
+    CHECK_EQ_INT(wait4(pid, &status, 0, &ru), pid);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    double emb_mb = (double)V * HB * 4 / 1e6;
+    double peak_mb = (double)ru.ru_maxrss * 1024 / 1e6;
+    fprintf(stderr, "  synth of a %.1f MB f32 embedding: child peak RSS %.1f "
+            "MB (bound %d)\n", emb_mb, peak_mb, RSS_BOUND_MB);
+    CHECK_MSG(peak_mb < RSS_BOUND_MB, "peak RSS %.1f MB >= %d MB: a dense "
+              "tensor of %.1f MB is held whole", peak_mb, RSS_BOUND_MB, emb_mb);
+
+    /* The file verifies; rows from different blocks (1024 rows of 4 KB
+     * each here) are distinct draws with unit RMS, the last row included. */
+    struct sl_file f;
+    CHECK_EQ_INT(file_open(&f, path, 1), SL_OK);
+    const struct sl_tensor_info *t =
+        file_find_tensor(&f, "model.embed_tokens.weight");
+    CHECK(t != NULL && t->dtype == SL_DTYPE_F32 &&
+          t->size == (uint64_t)V * HB * 4);
+    CHECK(file_find_tensor(&f, "lm_head.weight") == NULL);
+    FILE *fp = fopen(path, "rb");
+    CHECK(fp != NULL);
+    if (t && fp) {
+        static const uint64_t rows[] = {0, 1023, 1024, 2047, 2048, 40000,
+                                        V - 1};
+        enum { NR = sizeof rows / sizeof rows[0] };
+        static float got[NR][HB];
+        for (int i = 0; i < NR; i++) {
+            CHECK(fseeko(fp, (off_t)(t->offset + rows[i] * HB * 4),
+                         SEEK_SET) == 0);
+            CHECK(fread(got[i], sizeof got[i], 1, fp) == 1);
+            double ss = 0;
+            for (int c = 0; c < HB; c++) ss += (double)got[i][c] * got[i][c];
+            double rms = sqrt(ss / HB);
+            CHECK_MSG(rms > 0.9 && rms < 1.1, "row %llu: rms %.3f",
+                      (unsigned long long)rows[i], rms);
+            for (int j = 0; j < i; j++)
+                CHECK_MSG(memcmp(got[i], got[j], sizeof got[i]) != 0,
+                          "rows %llu and %llu are equal",
+                          (unsigned long long)rows[j],
+                          (unsigned long long)rows[i]);
+        }
+    }
+    if (fp) fclose(fp);
+    file_close(&f);
+    unlink(path);
 }
 
 TEST_MAIN()
