@@ -629,26 +629,25 @@ static int parse_not(struct parser *ps, struct ct_node **out) {
     return parse_compare(ps, out);
 }
 
-static int parse_and(struct parser *ps, struct ct_node **out) {
-    int rc = parse_not(ps, out);
-    while (!rc && is_kw(ps, "and")) {
-        NEW(n, CT_AND);
+/* A left-associative chain `sub (kw sub)*` of node kind `kind`. */
+static int parse_kw_chain(struct parser *ps, struct ct_node **out, const char *kw, int kind,
+                          int (*sub)(struct parser *, struct ct_node **)) {
+    int rc = sub(ps, out);
+    while (!rc && is_kw(ps, kw)) {
+        NEW(n, kind);
         n->a = *out;
-        if (!(rc = next_tok(ps))) rc = parse_not(ps, &n->b);
+        if (!(rc = next_tok(ps))) rc = sub(ps, &n->b);
         *out = n;
     }
     return rc;
 }
 
+static int parse_and(struct parser *ps, struct ct_node **out) {
+    return parse_kw_chain(ps, out, "and", CT_AND, parse_not);
+}
+
 static int parse_or(struct parser *ps, struct ct_node **out) {
-    int rc = parse_and(ps, out);
-    while (!rc && is_kw(ps, "or")) {
-        NEW(n, CT_OR);
-        n->a = *out;
-        if (!(rc = next_tok(ps))) rc = parse_and(ps, &n->b);
-        *out = n;
-    }
-    return rc;
+    return parse_kw_chain(ps, out, "or", CT_OR, parse_and);
 }
 
 /* a if cond else b */
